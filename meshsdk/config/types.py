@@ -17,7 +17,7 @@ from functools import lru_cache
 from typing import Annotated, Any
 
 import re2
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 from pydantic.alias_generators import to_camel
 
 from meshsdk.config.diagnostics import Finding, Path
@@ -115,7 +115,7 @@ class StringMatch(IstioModel):
 class WorkloadSelector(IstioModel):
     """``selector: {matchLabels: {...}}``: picks workloads by their labels."""
 
-    match_labels: dict[str, str] = {}
+    match_labels: dict[str, str] = Field(default_factory=dict)
 
 
 class PolicyTargetReference(IstioModel):
@@ -252,6 +252,8 @@ def check_host(host: str, path: Path, *, allow_wildcard: bool = True,
 
 def is_ip(text: str) -> bool:
     """True for an IPv4 or IPv6 address (no prefix)."""
+    if not text or not (text[0].isdigit() or ":" in text):
+        return False  # cheap rejection of host names; ipaddress raising is slow
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -275,3 +277,204 @@ def check_selector_labels(selector: WorkloadSelector | None, path: Path) -> Iter
         if "*" in key or "*" in value:
             yield Finding((*path, "matchLabels", key), "wildcards are not allowed in selectors")
     yield from check_labels(selector.match_labels, (*path, "matchLabels"))
+
+
+# Kinds a policy's targetRef(s) may name, as (group, kind); "" and "core" are the core group.
+# GatewayClass (Istio 1.25+) is only honoured for policies in the root namespace.
+_POLICY_TARGET_KINDS = {
+    ("core", "Service"),
+    ("networking.istio.io", "ServiceEntry"),
+    ("gateway.networking.k8s.io", "Gateway"),
+    ("gateway.networking.k8s.io", "GatewayClass"),
+}
+
+
+def check_target_ref(ref: PolicyTargetReference, path: Path) -> Iterator[Finding]:
+    """A policy ``targetRef``: a Service, ServiceEntry, Gateway or GatewayClass, same namespace."""
+    if not ref.name:
+        yield Finding((*path, "name"), "targetRef name must be set")
+    if ref.namespace:
+        yield Finding((*path, "namespace"),
+                      f"must not be set (cross-namespace references are not supported), "
+                      f"got {ref.namespace!r}")
+    if ((ref.group or "core"), ref.kind) not in _POLICY_TARGET_KINDS:
+        yield Finding((*path, "kind"),
+                      "must reference a Service (group ''), a ServiceEntry (networking.istio.io) "
+                      "or a Gateway or GatewayClass (gateway.networking.k8s.io), got group "
+                      f"{ref.group!r} kind {ref.kind!r}")
+
+
+def check_policy_selection(selector: WorkloadSelector | None,
+                           target_ref: PolicyTargetReference | None,
+                           target_refs: list[PolicyTargetReference]) -> Iterator[Finding]:
+    """How a policy picks its workloads: at most one of ``selector``, ``targetRef``, ``targetRefs``.
+
+    Paths are relative to ``spec``. A selector without labels is a warning, as in
+    Istio: it selects every workload of the namespace, which is rarely meant.
+    """
+    given = [name for name, value in (("selector", selector), ("targetRef", target_ref),
+                                      ("targetRefs", target_refs or None)) if value is not None]
+    if len(given) > 1:
+        yield Finding((given[1],), f"only one of selector, targetRef or targetRefs may be set, "
+                                   f"got {' and '.join(given)}")
+    if selector is not None:
+        yield from check_selector_labels(selector, ("selector",))
+        if not selector.match_labels:
+            yield Finding(("selector",), "selector has no matchLabels: it selects every "
+                                         "workload in the namespace", severity="warning")
+    if target_ref is not None:
+        yield from check_target_ref(target_ref, ("targetRef",))
+    for i, ref in enumerate(target_refs):
+        yield from check_target_ref(ref, ("targetRefs", i))
+
+
+# --- networking helpers (VirtualService, DestinationRule, ServiceEntry, Gateway, Sidecar) ---
+
+
+class LabelSelector(IstioModel):
+    """The networking API's ``WorkloadSelector`` (ServiceEntry, Sidecar): ``{labels: {...}}``.
+
+    Not to be confused with :class:`WorkloadSelector` (``matchLabels``), which the
+    security and telemetry kinds and DestinationRule use.
+    """
+
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+_ISTIO_DNS_LABEL = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$")
+
+
+def is_dns1123_label(value: str) -> bool:
+    """Istio's ``labels.IsDNS1123Label``: 1-63 letters, digits and '-', no leading/trailing '-'.
+
+    Istio accepts upper case here (Kubernetes does not); so do we.
+    """
+    return bool(_ISTIO_DNS_LABEL.match(value))
+
+
+def check_duration(d: float | None, path: Path) -> Iterator[Finding]:
+    """Istio's ``ValidateDuration``: at least 1ms, in whole milliseconds."""
+    if d is None:
+        return
+    if d < 0.001:
+        yield Finding(path, f"duration must be >= 1ms, got {format_duration(d)}")
+    elif abs(d * 1000 - round(d * 1000)) > 1e-6:
+        yield Finding(path, f"duration must be a whole number of milliseconds, "
+                            f"got {format_duration(d)}")
+
+
+# Istio's protocol.Parse: matched case-insensitively.
+PROTOCOLS = ("HTTP", "HTTPS", "HTTP2", "HTTP_PROXY", "GRPC", "GRPC-WEB", "TCP", "TLS", "UDP",
+             "MONGO", "REDIS", "MYSQL")
+
+
+def check_protocol(protocol: str | None, path: Path, *,
+                   required: bool = False) -> Iterator[Finding]:
+    """A port protocol Istio knows (case-insensitive); empty means 'sniff' unless required."""
+    if not protocol:
+        if required:
+            yield Finding(path, "protocol is required")
+        return
+    if protocol.upper() not in PROTOCOLS:
+        yield Finding(path, f"unsupported protocol {protocol!r}; use one of "
+                            f"{', '.join(PROTOCOLS)}")
+
+
+def check_unix_address(address: str, path: Path) -> Iterator[Finding]:
+    """``unix://`` + an absolute file path, or ``unix://@name`` (abstract socket)."""
+    rest = address.removeprefix("unix://")
+    if not rest:
+        yield Finding(path, "unix address must not be empty")
+    elif not rest.startswith("@") and (not rest.startswith("/") or rest.endswith("/")):
+        yield Finding(path, f"unix address must be an absolute path to a file or @name, "
+                            f"got {address!r}")
+
+
+def check_export_to(export_to: list[str], path: Path, *,
+                    allow_none: bool = False) -> Iterator[Finding]:
+    """``exportTo``: '.', '*', namespace names (and '~' = nobody, for ServiceEntry only).
+
+    Duplicates are errors, as is '*' (or '~') next to anything else. Whether '.' and
+    the resource's own namespace name both appear needs the namespace; not checked here.
+    """
+    seen: set[str] = set()
+    for i, entry in enumerate(export_to):
+        if entry in seen:
+            yield Finding((*path, i), f"duplicate exportTo entry {entry!r}")
+            continue
+        seen.add(entry)
+        if entry in (".", "*") or (allow_none and entry == "~"):
+            continue
+        if not is_dns1123_label(entry):
+            allowed = "'.', '*', '~'" if allow_none else "'.', '*'"
+            yield Finding((*path, i), f"must be {allowed} or a namespace name, got {entry!r}")
+    for special, what in (("*", "public (*)"), ("~", "nobody (~)")):
+        if special in seen and len(export_to) > 1:
+            yield Finding(path, f"cannot export to {what} and to other namespaces, "
+                                f"got {', '.join(export_to)}")
+
+
+_WILDCARD_FIRST_LABEL = re.compile(r"^(\*|(\*|\*-)?[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)$")
+
+
+def _dns_labels_error(domain: str, labels: list[str]) -> str | None:
+    if labels and labels[-1].isdigit():
+        return f"invalid host {domain!r}: the top-level domain {labels[-1]!r} is all digits"
+    for i, label in enumerate(labels):
+        if i == len(labels) - 1 and label == "":
+            return None  # a trailing dot: 'istio.io.'
+        if not is_dns1123_label(label):
+            return f"invalid host {domain!r}: label {label!r} is not a DNS-1123 label"
+    return None
+
+
+def check_fqdn(host: str, path: Path) -> Iterator[Finding]:
+    """Istio's ``ValidateFQDN``: dot-separated DNS-1123 labels, no wildcard."""
+    if not host:
+        yield Finding(path, "host must not be empty")
+    elif len(host) > 255:
+        yield Finding(path, f"host is longer than 255 characters: {host[:40]!r}...")
+    elif (err := _dns_labels_error(host, host.split("."))) is not None:
+        yield Finding(path, err)
+
+
+def check_wildcard_domain(host: str, path: Path) -> Iterator[Finding]:
+    """Istio's ``ValidateWildcardDomain``: a DNS name whose first label may be a wildcard.
+
+    Accepted first labels: ``*``, ``*name``, ``*-name`` or a plain label, so ``*``,
+    ``*.example.com`` and (as Istio does) ``*x.example.com`` pass. Unlike
+    :func:`check_host`, IPs are not special-cased and numeric top-level domains fail.
+    """
+    if not host:
+        yield Finding(path, "host must not be empty")
+        return
+    if len(host) > 255:
+        yield Finding(path, f"host is longer than 255 characters: {host[:40]!r}...")
+        return
+    first, dot, rest = host.partition(".")
+    if len(first) > 63 or not _WILDCARD_FIRST_LABEL.match(first):
+        hint = "; '*' may only start the first label" if "*" in host else ""
+        yield Finding(path, f"invalid host {host!r}: label {first!r} is not a DNS-1123 "
+                            f"label{hint}")
+    elif dot and (err := _dns_labels_error(host, rest.split("."))) is not None:
+        yield Finding(path, err)
+
+
+def is_partial_wildcard(host: str) -> bool:
+    """``*x.example.com``: a '*' that is neither the whole host nor a ``*.`` prefix."""
+    return "*" in host and host != "*" and not host.startswith("*.")
+
+
+def _rejoin_flow_scalar(value: Any) -> Any:
+    """Undo a PyYAML quirk: in a flow sequence, ``[1.2.3.4, 2001:db8::]`` parses its last
+    item as the mapping ``{'2001:db8:': None}`` (the final ':' read as a key indicator),
+    where Kubernetes' YAML parser reads the string ``'2001:db8::'``."""
+    if isinstance(value, dict) and len(value) == 1:
+        ((key, val),) = value.items()
+        if isinstance(key, str) and val is None:
+            return f"{key}:"
+    return value
+
+
+FlowStr = Annotated[str, BeforeValidator(_rejoin_flow_scalar)]
+"""A string list item that may be an IPv6 address ending in '::' in a YAML flow list."""

@@ -1,0 +1,40 @@
+# One entry point for developers and CI. Every target installs what it needs.
+#   make demo   the main job (today: validate and describe the bundled bookinfo config)
+#   make test   lint, type-check and the whole test suite
+#   make bench  the benchmarks (not part of the tests; see docs/performance.md)
+VENV   ?= .venv
+PYTHON ?= python3
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: dev demo test lint typecheck pytest bench clean
+
+dev: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: dev
+	$(VENV)/bin/meshctl validate examples/bookinfo
+	$(VENV)/bin/meshctl describe reviews --config examples/bookinfo
+	$(VENV)/bin/meshctl describe reviews --config examples/bookinfo --labels app=productpage
+
+lint: dev
+	$(VENV)/bin/ruff check meshsdk tests bench
+
+typecheck: dev
+	$(VENV)/bin/mypy
+
+pytest: dev
+	$(VENV)/bin/pytest -q
+
+test: lint typecheck pytest
+
+bench: dev
+	$(PY) bench/config_load.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
