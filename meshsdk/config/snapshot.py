@@ -226,13 +226,15 @@ class Snapshot:
     # -- construction -----------------------------------------------------------------
 
     def _index_services(self, config: Config) -> None:
-        entries = config.of_kind("WorkloadEntry")
+        entries: dict[str, list[Resource]] = {}  # by namespace: selectors never cross one
+        for we in config.of_kind("WorkloadEntry"):
+            entries.setdefault(we.namespace, []).append(we)
         for se in sorted(config.of_kind("ServiceEntry"), key=lambda r: r.age_key):
             spec = se.spec
             ports = tuple(
                 ServicePort(p.number, (p.protocol or "").upper(), p.name or "", p.target_port)
                 for p in spec.ports or ())
-            workloads = self._workloads_of(se, entries)
+            workloads = self._workloads_of(se, entries.get(se.namespace, ()))
             for raw_host in spec.hosts:
                 host = raw_host.lower()
                 if spec.resolution in ("DNS", "DNS_ROUND_ROBIN") and not workloads \
