@@ -8,9 +8,11 @@ caller can never act on half-valid config.
 
 from __future__ import annotations
 
+import gc
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any
@@ -85,13 +87,34 @@ def load_string(text: str, *, source: str = "<string>",
     return result
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building many small objects.
+
+    Loading allocates hundreds of thousands of dicts, lists and models and frees
+    none of them, so every collection pass is wasted work (a third of load time
+    for a large config). Reference counting still frees garbage immediately.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def load_path(path: str | os.PathLike[str], *, namespace: str = DEFAULT_NAMESPACE) -> LoadResult:
     """Load a file, or a directory recursively (``*.yaml``, ``*.yml``, ``*.json``, sorted).
 
     ``mesh.yaml`` at the top of a directory (or a file of that name given directly)
     holds the mesh-wide options, as the ``mesh`` key of Istio's ``istio`` ConfigMap.
     """
-    root = FsPath(path)
+    with _gc_paused():
+        return _load_path(FsPath(path), namespace)
+
+
+def _load_path(root: FsPath, namespace: str) -> LoadResult:
     result = LoadResult()
     if root.is_dir():
         files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in YAML_SUFFIXES)

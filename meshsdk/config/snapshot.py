@@ -25,8 +25,8 @@ from typing import Any
 
 from meshsdk.config.hosts import (
     DEFAULT_DOMAIN,
-    client_aliases,
     expand_host,
+    kube_service_parts,
     split_host_port,
     wildcard_matches,
     wildcard_specificity,
@@ -35,6 +35,7 @@ from meshsdk.config.mesh import MeshConfig
 from meshsdk.config.resource import Config, Resource
 
 _NO_LABELS: Mapping[str, str] = MappingProxyType({})
+_NAME_CACHE_LIMIT = 10_000
 
 
 # --- services and endpoints -----------------------------------------------------------
@@ -215,6 +216,7 @@ class Snapshot:
         self._se_default = tuple(mesh_defaults.default_service_export_to or ("*",))
         self.services: dict[str, list[Service]] = {}
         self._index_services(config)
+        self._names = self._index_names()
         self._vs_by_host: dict[str, list[tuple[Resource, str]]] = {}
         self._vs_wild: list[tuple[str, Resource]] = []
         self._index_virtual_services(config)
@@ -265,6 +267,25 @@ class Snapshot:
         for i, ep in enumerate(spec.endpoints or ()):
             out.append(_workload(ep, f"{se.ref} endpoints[{i}]"))
         return tuple(out)
+
+    def _index_names(self) -> dict[str, list[tuple[str, str | None]]]:
+        """Every name a client may use for a service -> (FQDN, namespace it is valid in).
+
+        Exact host names come first, then Kubernetes-style aliases (``name.ns``,
+        ``name.ns.svc`` from anywhere; the bare ``name`` only inside ``ns``).
+        """
+        names: dict[str, list[tuple[str, str | None]]] = {}
+        for host in self.services:
+            names.setdefault(host, []).insert(0, (host, None))
+        for host in self.services:
+            parts = kube_service_parts(host, self.domain)
+            if parts is None:
+                continue
+            name, namespace = parts
+            for alias in (f"{name}.{namespace}", f"{name}.{namespace}.svc"):
+                names.setdefault(alias, []).append((host, None))
+            names.setdefault(name, []).append((host, namespace))
+        return names
 
     def _index_virtual_services(self, config: Config) -> None:
         for vs in sorted(config.of_kind("VirtualService"), key=lambda r: r.age_key):
@@ -341,15 +362,7 @@ class ClientView:
         self.snapshot = snapshot
         self.namespace = namespace
         self.labels = labels
-        domain = snapshot.domain
-        self._by_name: dict[str, Service] = {}
-        for host, services in snapshot.services.items():
-            svc = next((s for s in services if visible(s.export_to, s.namespace, namespace)),
-                       None)
-            if svc is None:
-                continue
-            for alias in client_aliases(host, namespace, domain):
-                self._by_name.setdefault(alias, svc)
+        self._by_name: dict[str, Service | None] = {}
         self._vs_cache: dict[str, Resource | None] = {}
         self._dr_cache: dict[tuple[str, str | None], DestinationRuleView | None] = {}
         self._policy_cache: dict[tuple[str, str | None, int | None], Any] = {}
@@ -364,14 +377,28 @@ class ClientView:
         namespace, as Kubernetes DNS would.
         """
         host, port = split_host_port(authority)
-        svc = self._by_name.get(host)
+        svc = self.service(host)
         if svc is not None:
             return svc, svc.hostname, port
         return None, self.fqdn(host), port
 
     def service(self, host: str) -> Service | None:
-        """The service a client reaches under ``host`` (any accepted alias)."""
-        return self._by_name.get(host.lower())
+        """The service a client reaches under ``host`` (any accepted alias); cached."""
+        try:
+            return self._by_name[host]
+        except KeyError:
+            pass
+        found: Service | None = None
+        for fqdn, only_namespace in self.snapshot._names.get(host.lower(), ()):
+            if only_namespace is not None and only_namespace != self.namespace:
+                continue
+            found = next((s for s in self.snapshot.services[fqdn]
+                          if visible(s.export_to, s.namespace, self.namespace)), None)
+            if found is not None:
+                break
+        if len(self._by_name) < _NAME_CACHE_LIMIT:  # unknown hosts are unbounded
+            self._by_name[host] = found
+        return found
 
     def fqdn(self, host: str) -> str:
         """A request host without a known service: short names expand like k8s DNS."""

@@ -19,9 +19,32 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from meshsdk.config.diagnostics import Diagnostic, Path
 
-_Loader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BaseLoader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc]
+    """The C loader with a memo of plain-scalar tags.
+
+    libyaml calls back into PyYAML's Python resolver for every node, which is most
+    of the parsing time for a large config; a plain scalar's tag depends only on its
+    text, and configs repeat the same words (keys, hosts, enums) endlessly.
+    """
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        if kind is ScalarNode and implicit[0]:
+            tag = _PLAIN_TAGS.get(value)
+            if tag is None:
+                tag = super().resolve(kind, value, implicit)
+                if len(_PLAIN_TAGS) < _PLAIN_TAGS_LIMIT:
+                    _PLAIN_TAGS[value] = tag
+            return tag
+        return super().resolve(kind, value, implicit)
+
+
+_PLAIN_TAGS: dict[str, str] = {}
+_PLAIN_TAGS_LIMIT = 50_000
 MAX_DEPTH = 64  # deeper than any Istio resource; stops runaway recursion
-MAX_ALIAS_VALUES = 100_000  # values reached again through aliases; stops alias bombs
+MAX_ALIAS_VALUES = 100_000  # values in one document, aliases expanded: stops alias bombs
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _STR = "tag:yaml.org,2002:str"
 _INT = "tag:yaml.org,2002:int"
@@ -62,10 +85,9 @@ class _Walker:
     def __init__(self) -> None:
         self.ctor = SafeConstructor()
         self.lines: dict[Path, int] = {}
-        self.seen: set[int] = set()
-        self.repeats = 0
-        # ids of the key nodes written in each mapping (not brought in by a merge key)
-        self.explicit: dict[int, set[int]] = {}
+        # Values produced so far. Aliases can make a short text expand to billions of
+        # values ("billion laughs"); no real resource comes near the limit.
+        self.values = 0
 
     def scalar(self, node: ScalarNode) -> Any:
         # Fast paths for the scalars that make up nearly all of a config; anything
@@ -87,40 +109,43 @@ class _Walker:
     def walk(self, node: Node, path: Path, depth: int) -> Any:
         if depth > MAX_DEPTH:
             raise _DocError(node.start_mark.line + 1, f"nesting deeper than {MAX_DEPTH} levels")
-        if id(node) in self.seen:  # reached again through an alias
-            self.repeats += 1
-            if self.repeats > MAX_ALIAS_VALUES:
-                raise _DocError(node.start_mark.line + 1,
-                                f"aliases expand to more than {MAX_ALIAS_VALUES} values")
-        else:
-            self.seen.add(id(node))
+        self.values += 1
+        if self.values > MAX_ALIAS_VALUES:
+            raise _DocError(node.start_mark.line + 1,
+                            f"aliases expand to more than {MAX_ALIAS_VALUES} values")
         if isinstance(node, ScalarNode):
             return self.scalar(node)
+        lines = self.lines
         if isinstance(node, SequenceNode):
             items = []
             for i, child in enumerate(node.value):
                 sub = (*path, i)
-                self.lines[sub] = child.start_mark.line + 1
+                lines[sub] = child.start_mark.line + 1
                 items.append(self.walk(child, sub, depth + 1))
             return items
         if isinstance(node, MappingNode):
-            explicit = self.explicit.get(id(node))
-            if explicit is None:
-                explicit = {id(k) for k, _ in node.value if k.tag != _MERGE_TAG}
-                self.explicit[id(node)] = explicit
-                self.ctor.flatten_mapping(node)  # YAML merge keys (<<): merged pairs go first
+            pairs = node.value
+            explicit: set[int] | None = None
+            if any(k.tag == _MERGE_TAG for k, _ in pairs):
+                # YAML merge keys (<<): merged pairs go first and keys written in this
+                # mapping override them; only two written keys are a duplicate.
+                explicit = {id(k) for k, _ in pairs if k.tag != _MERGE_TAG}
+                self.ctor.flatten_mapping(node)
+                pairs = node.value
             out: dict[Any, Any] = {}
             owner: dict[Any, Node] = {}
-            for key_node, value_node in node.value:
+            for key_node, value_node in pairs:
                 if not isinstance(key_node, ScalarNode):
                     raise _DocError(key_node.start_mark.line + 1, "mapping keys must be scalars")
-                key = self.scalar(key_node)
-                if key in out and id(key_node) in explicit and id(owner[key]) in explicit:
+                key = key_node.value if key_node.tag == _STR else self.scalar(key_node)
+                if key in out and (explicit is None or (
+                        id(key_node) in explicit and id(owner[key]) in explicit)):
                     raise _DocError(key_node.start_mark.line + 1,
                                     f"duplicate key {key!r} in {_where(path)}")
-                owner[key] = key_node  # a merged value is overridden by a later one
+                if explicit is not None:
+                    owner[key] = key_node  # a merged value is overridden by a later one
                 sub = (*path, key)
-                self.lines[sub] = key_node.start_mark.line + 1
+                lines[sub] = key_node.start_mark.line + 1
                 out[key] = self.walk(value_node, sub, depth + 1)
             return out
         raise _DocError(node.start_mark.line + 1, f"unsupported YAML node {type(node).__name__}")
@@ -140,7 +165,7 @@ def parse_documents(text: str, source: str) -> tuple[list[SourceDoc], list[Diagn
     after one.
     """
     docs, errors, broken = _parse(text, source, _Loader)
-    if broken and _Loader is not yaml.SafeLoader:
+    if broken and _BaseLoader is not yaml.SafeLoader:
         # libyaml rejects a few plain scalars that PyYAML's own parser and Go's YAML
         # (so Istio) accept, e.g. the IPv6 address in `addresses: [1.2.3.4, 001:db8::]`.
         retry = _parse(text, source, yaml.SafeLoader)

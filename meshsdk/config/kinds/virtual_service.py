@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
@@ -935,8 +934,8 @@ def _unreachable_rules(spec: VirtualServiceSpec) -> Iterator[Finding]:
                 continue
             duplicates = 0
             for j, m in enumerate(route.match):
-                key = json.dumps(m.model_dump(mode="json", exclude={"name"}, exclude_none=True),
-                                 sort_keys=True)
+                # field order is the model's, so equal matches serialise equally
+                key = m.model_dump_json(exclude={"name"}, exclude_none=True)
                 if key in seen:
                     duplicates += 1
                     yield Finding((field, i, "match", j),

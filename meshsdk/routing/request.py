@@ -1,0 +1,63 @@
+"""The protocol-neutral view of one HTTP request that every routing decision reads.
+
+Drivers (httpx transports, WSGI/ASGI middleware, the sidecar) build a
+:class:`RequestView` from their own request type; the decision code never sees
+httpx or a framework.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from meshsdk.workload import Workload
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@dataclass(frozen=True, slots=True)
+class RequestView:
+    """One request as routing sees it.
+
+    ``headers`` has lower-case names; a repeated header's values are joined with
+    ``","`` as HTTP allows. ``authority`` is the Host as the caller wrote it
+    (``reviews:9080``); ``port`` is its port or the scheme's default.
+    """
+
+    method: str
+    scheme: str
+    authority: str
+    path: str
+    query: str = ""
+    headers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    port: int | None = None
+    source: Workload = field(default_factory=Workload)
+    grpc: bool = False
+
+    @classmethod
+    def build(cls, method: str, url_scheme: str, authority: str, path: str, query: str = "",
+              headers: Iterable[tuple[str, str]] = (), source: Workload | None = None,
+              ) -> RequestView:
+        """Normalise raw parts: upper-case method, lower-case header names, joined repeats."""
+        merged: dict[str, str] = {}
+        for name, value in headers:
+            key = name.lower()
+            merged[key] = f"{merged[key]},{value}" if key in merged else value
+        host = authority.lower()
+        port: int | None = None
+        if host.startswith("["):
+            end = host.find("]")
+            rest = host[end + 1:]
+            port = int(rest[1:]) if rest[1:].isdigit() else None
+        elif host.count(":") == 1:
+            tail = host.rpartition(":")[2]
+            port = int(tail) if tail.isdigit() else None
+        if port is None:
+            port = _DEFAULT_PORTS.get(url_scheme.lower())
+        content_type = merged.get("content-type", "")
+        return cls(
+            method=method.upper(), scheme=url_scheme.lower(), authority=authority, path=path,
+            query=query, headers=MappingProxyType(merged), port=port,
+            source=source or Workload(), grpc=content_type.startswith("application/grpc"),
+        )
