@@ -1,0 +1,1 @@
+"""The outbound data path: per-destination state and the call flow the drivers run."""

@@ -1,0 +1,141 @@
+"""Per-destination state that outlives configuration updates.
+
+A *cluster* is Envoy's word for "one destination": host, subset and port
+(``outbound|9080|v1|reviews.default.svc.cluster.local``). Its balancer counters,
+outlier ejections, connection-pool counters and retry budget must survive a
+config push, or every push would forget which endpoints are failing. The
+registry keeps one :class:`Cluster` per key and refreshes its policy and
+endpoints when a new snapshot arrives.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from meshsdk.config.snapshot import ClientView, Endpoint, Service, Snapshot
+from meshsdk.resilience.balancer import Balancer, make_balancer
+from meshsdk.resilience.budget import RetryBudget, make_retry_budget
+from meshsdk.resilience.limits import ConnectionLimits
+from meshsdk.resilience.outlier import OutlierDetector
+
+PASSTHROUGH = "PassthroughCluster"
+
+
+def cluster_name(fqdn: str, subset: str | None, port: int | None) -> str:
+    """Istio's outbound cluster name, as metrics and access logs print it."""
+    return f"outbound|{port or ''}|{subset or ''}|{fqdn}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterKey:
+    fqdn: str
+    subset: str | None
+    port: int | None
+
+
+class Cluster:
+    """Everything the flow needs about one destination under the current snapshot."""
+
+    def __init__(self, key: ClusterKey, clock: Callable[[], float], rng: random.Random) -> None:
+        self.key = key
+        self.name = cluster_name(key.fqdn, key.subset, key.port)
+        self._clock = clock
+        self._rng = rng
+        self.snapshot: Snapshot | None = None
+        self.service: Service | None = None
+        self.policy: Any = None
+        self.endpoints: tuple[Endpoint, ...] = ()
+        self.balancer: Balancer = make_balancer(None, rng)
+        self._lb_settings: Any = None
+        self.outlier: OutlierDetector | None = None
+        self.limits = ConnectionLimits(None)
+        self.budget: RetryBudget = make_retry_budget(None, clock)
+        self._budget_settings: Any = None
+
+    def refresh(self, snapshot: Snapshot, service: Service | None, policy: Any,
+                endpoints: tuple[Endpoint, ...]) -> None:
+        """Adopt a new snapshot's policy and endpoints, keeping learned state."""
+        self.snapshot, self.service, self.endpoints = snapshot, service, endpoints
+        if policy is self.policy and policy is not None:
+            return
+        self.policy = policy
+        lb = getattr(policy, "load_balancer", None)
+        if lb != self._lb_settings or self._lb_settings is None:
+            self.balancer = make_balancer(lb, self._rng)
+            self._lb_settings = lb
+        od = getattr(policy, "outlier_detection", None)
+        if od is None:
+            self.outlier = None
+        elif self.outlier is None:
+            self.outlier = OutlierDetector(od, self._clock)
+        else:
+            self.outlier.update(od)
+        self.limits.update(getattr(policy, "connection_pool", None))
+        budget = getattr(policy, "retry_budget", None)
+        if budget != self._budget_settings:
+            self.budget = make_retry_budget(budget, self._clock)
+            self._budget_settings = budget
+
+    def healthy(self) -> tuple[Endpoint, ...]:
+        """Endpoints not ejected by outlier detection (all of them without it)."""
+        return self.outlier.healthy(self.endpoints) if self.outlier else self.endpoints
+
+
+class ClusterRegistry:
+    """One Cluster per destination key, shared by every call of a Mesh and kept across
+    configuration updates."""
+
+    def __init__(self, clock: Callable[[], float], rng: random.Random) -> None:
+        self._clock = clock
+        self._rng = rng
+        self._clusters: dict[ClusterKey, Cluster] = {}
+        self._lock = threading.Lock()
+
+    def get(self, snapshot: Snapshot, view: ClientView, fqdn: str, subset: str | None,
+            port: int | None) -> Cluster | None:
+        """The cluster for a destination, or None when its subset is not defined (NC)."""
+        key = ClusterKey(fqdn, subset, port)
+        cluster = self._clusters.get(key)
+        if cluster is not None and cluster.snapshot is snapshot:
+            return cluster
+        service = view.service(fqdn)
+        labels = None
+        if subset:
+            labels = view.subset_labels(fqdn, subset)
+            if labels is None:
+                return None
+        endpoints: tuple[Endpoint, ...] = ()
+        if service is not None and port is not None:
+            endpoints = snapshot.endpoints(service, port, labels)
+        elif service is None:
+            # a route to a host no ServiceEntry defines (an external name): dial it by name
+            endpoints = (Endpoint(fqdn, port or 80),)
+        policy = view.policy(fqdn, subset, port)
+        with self._lock:
+            cluster = self._clusters.get(key)
+            if cluster is None:
+                cluster = Cluster(key, self._clock, self._rng)
+                self._clusters[key] = cluster
+            cluster.refresh(snapshot, service, policy, endpoints)
+        return cluster
+
+    def passthrough(self, snapshot: Snapshot, host: str, port: int) -> Cluster:
+        """A one-endpoint cluster for an unknown host under ALLOW_ANY."""
+        key = ClusterKey(f"{PASSTHROUGH}|{host}", None, port)
+        cluster = self._clusters.get(key)
+        if cluster is None or cluster.snapshot is not snapshot:
+            with self._lock:
+                cluster = self._clusters.get(key)
+                if cluster is None:
+                    cluster = Cluster(key, self._clock, self._rng)
+                    cluster.name = PASSTHROUGH
+                    self._clusters[key] = cluster
+                cluster.refresh(snapshot, None, None, (Endpoint(host, port),))
+        return cluster
+
+    def __len__(self) -> int:
+        return len(self._clusters)

@@ -1,0 +1,452 @@
+"""The outbound call flow, written once as a sans-I/O generator.
+
+:func:`call_flow` decides everything about one outbound request: route, fault,
+mirrors, retries with budget and backoff, cluster, endpoint, admission, per-try
+timeouts, and how each outcome is classified. It performs no I/O: it *yields*
+effects (:class:`Sleep`, :class:`Send`, :class:`Mirror`, :class:`Discard`) and
+the driver that runs it (sync transport, async transport, later the sidecar)
+carries them out and sends back what happened. Sync and async behaviour cannot
+drift apart, because there is only one flow; tests drive it with a fake clock.
+
+Order, as in Envoy and Linkerd: route -> fault -> mirror -> [retry loop: cluster
+-> healthy endpoints -> balancer -> admission -> per-try timeout -> send ->
+classify -> outlier/budget bookkeeping]. Retries sit above the balancer so a
+retry can pick another endpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshsdk.config.hosts import expand_host, split_host_port
+from meshsdk.config.mesh import MeshConfig
+from meshsdk.config.snapshot import ClientView, Endpoint, Snapshot
+from meshsdk.dataplane.clusters import Cluster, ClusterRegistry
+from meshsdk.deadline import ENVOY_TIMEOUT_HEADER, GRPC_TIMEOUT_HEADER, format_grpc_timeout
+from meshsdk.outcome import (
+    CONNECT_FAILURE,
+    FAULT_ABORT,
+    NO_HEALTHY_UPSTREAM,
+    REMOTE_RESET,
+    UPSTREAM_OVERFLOW,
+    UPSTREAM_TIMEOUT,
+    Failure,
+    Flag,
+    LocalReply,
+    Outcome,
+)
+from meshsdk.resilience.balancer import hash_key
+from meshsdk.resilience.fault import decide_fault
+from meshsdk.resilience.retry import backoff_delay, retry_policy, should_retry
+from meshsdk.routing.cors import cors_response_headers
+from meshsdk.routing.request import RequestView
+from meshsdk.routing.rewrite import (
+    apply_header_operations,
+    request_header_operations,
+    response_header_operations,
+    rewrite_request,
+)
+from meshsdk.routing.router import RouteDecision, Target, decide, pick_target
+
+# Connection-level and mesh-internal headers never copied to the upstream request.
+# Body framing (content-length / transfer-encoding) is kept: the body is passed on
+# as the same stream.
+_DROP = frozenset({"host", "connection", "keep-alive", "proxy-connection", "upgrade",
+                   ENVOY_TIMEOUT_HEADER})
+
+
+# --- effects the flow yields ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One request to send: where, with which head, within which time."""
+
+    scheme: str
+    address: str
+    port: int
+    path: str                      # path plus "?query"
+    authority: str                 # the Host header
+    headers: tuple[tuple[str, str], ...]
+    timeout: float | None          # this try's limit in seconds (None: unlimited)
+    connect_timeout: float
+    cluster: str
+    endpoint: Endpoint | None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{self.scheme}://{host}:{self.port}{self.path}"
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send the attempt; reply with an :class:`AttemptResult`."""
+
+    attempt: Attempt
+
+
+@dataclass(frozen=True, slots=True)
+class Mirror:
+    """Send a copy in the background; never wait for it, never look at its answer."""
+
+    attempt: Attempt
+
+
+@dataclass(frozen=True, slots=True)
+class Discard:
+    """Close a response the flow will not return (a retried attempt's answer)."""
+
+    response: Any
+
+
+Effect = Sleep | Send | Mirror | Discard
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """What the driver saw: the classified outcome and, if one arrived, the response
+    (the driver's own object, opaque here; headers read, body not yet)."""
+
+    outcome: Outcome
+    response: Any = None
+
+
+@dataclass(slots=True)
+class CallResult:
+    """The flow's verdict: an upstream response or a local reply, plus what telemetry needs.
+
+    ``release`` must be called once when the caller is done with the response (its
+    body closed): it returns the request's admission slot and balancer load.
+    """
+
+    response: Any = None
+    local_reply: LocalReply | None = None
+    flags: tuple[Flag, ...] = ()
+    attempts: int = 0
+    route_name: str = ""
+    cluster: str | None = None
+    endpoint: Endpoint | None = None
+    status: int | None = None
+    response_headers: Callable[[list[tuple[str, str]]], list[tuple[str, str]]] | None = None
+    release: Callable[[], None] = field(default=lambda: None)
+
+
+# --- the context of one call ---------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class CallContext:
+    """Everything one call reads, fixed when it starts (the snapshot cannot change under it)."""
+
+    request: RequestView
+    snapshot: Snapshot
+    view: ClientView
+    clusters: ClusterRegistry
+    clock: Callable[[], float]
+    rng: random.Random
+    replayable: bool = True
+    deadline: float | None = None    # absolute, from the inbound request (deadline.py)
+    source_ip: str | None = None
+
+    @property
+    def mesh(self) -> MeshConfig:
+        return self.snapshot.mesh
+
+
+# --- the flow -----------------------------------------------------------------------------
+
+
+def call_flow(ctx: CallContext) -> Generator[Effect, AttemptResult | None, CallResult]:
+    """Decide and drive one outbound call; see the module docstring."""
+    req = ctx.request
+    decision = decide(ctx.view, req, ctx.mesh)
+    if decision.local_reply is not None:
+        return _local(decision.local_reply, decision, ())
+    route = decision.route
+    flags: list[Flag] = []
+
+    fault = decide_fault(route.fault if route is not None else None, ctx.rng, grpc=req.grpc)
+    if fault.delay:
+        flags.append(Flag.DELAY_INJECTED)
+        yield Sleep(fault.delay)
+    if fault.abort_status is not None or fault.abort_grpc_status is not None:
+        flags.append(Flag.FAULT_INJECTED)
+        return _local(_abort_reply(fault.abort_status, fault.abort_grpc_status, req.grpc),
+                      decision, tuple(flags))
+
+    target = pick_target(decision, ctx.rng) if not decision.passthrough else None
+    if target is None and not decision.passthrough:
+        return _local(LocalReply.text(503, NO_HEALTHY_UPSTREAM, Flag.NO_HEALTHY_UPSTREAM),
+                      decision, tuple(flags))
+    path, new_authority = rewrite_request(decision, req, target)
+    authority = new_authority or req.authority
+    base_headers = _forward_headers(req)
+
+    yield from _mirrors(ctx, decision, path, authority, base_headers)
+
+    policy = retry_policy(route.retries if route is not None else None, ctx.mesh)
+    deadline = _deadline(ctx, route.timeout if route is not None else None)
+    tried: list[Endpoint] = []
+    retries = 0
+    holding_retry: Cluster | None = None  # maxRetries slot held by the attempt in flight
+    budgeted: Cluster | None = None       # the cluster whose budget counts this request
+
+    def settle() -> None:
+        if holding_retry is not None:
+            holding_retry.limits.release_retry()
+        if budgeted is not None:
+            budgeted.budget.on_request_done()
+
+    while True:
+        remaining = None if deadline is None else deadline - ctx.clock()
+        if remaining is not None and remaining <= 0:
+            settle()
+            flags.append(Flag.UPSTREAM_REQUEST_TIMEOUT)
+            return _local(LocalReply.text(504, UPSTREAM_TIMEOUT), decision, tuple(flags),
+                          attempts=retries)
+        cluster, endpoint, problem = _choose(ctx, decision, target, tried, policy)
+        if problem is not None or cluster is None or endpoint is None:
+            settle()
+            reply = problem or LocalReply.text(503, NO_HEALTHY_UPSTREAM,
+                                               Flag.NO_HEALTHY_UPSTREAM)
+            return _local(reply, decision, tuple(flags), cluster=cluster, attempts=retries)
+        if not cluster.limits.try_acquire():
+            settle()
+            flags.append(Flag.UPSTREAM_OVERFLOW)
+            return _local(LocalReply.text(503, UPSTREAM_OVERFLOW), decision, tuple(flags),
+                          cluster=cluster, attempts=retries)
+        if budgeted is None:
+            budgeted = cluster
+            cluster.budget.on_request()
+        per_try = _min(policy.per_try_timeout, remaining)
+        headers = _attempt_headers(decision, target, base_headers, per_try, req.grpc)
+        attempt = Attempt(
+            scheme=_scheme(cluster, req), address=endpoint.address, port=endpoint.port,
+            path=path, authority=authority, headers=headers, timeout=per_try,
+            connect_timeout=_min(cluster.limits.connect_timeout, per_try) or 10.0,
+            cluster=cluster.name, endpoint=endpoint)
+        cluster.balancer.started(endpoint)
+        result = yield Send(attempt)
+        assert result is not None
+        if holding_retry is not None:
+            holding_retry.limits.release_retry()
+            holding_retry = None
+        outcome = result.outcome
+        if cluster.outlier is not None:
+            cluster.outlier.record(endpoint, outcome)
+        wants_retry = policy.attempts > 0 and should_retry(
+            policy, outcome, grpc=req.grpc, request_replayable=ctx.replayable)
+        if wants_retry and retries < policy.attempts:
+            if cluster.budget.try_withdraw() and cluster.limits.try_acquire_retry():
+                holding_retry = cluster
+                _release(cluster, endpoint)
+                if result.response is not None:
+                    yield Discard(result.response)
+                tried.append(endpoint)
+                retries += 1
+                pause = backoff_delay(policy, retries, ctx.rng)
+                if deadline is not None:
+                    pause = min(pause, max(deadline - ctx.clock(), 0.0))
+                if pause > 0:
+                    yield Sleep(pause)
+                continue
+        elif wants_retry:
+            flags.append(Flag.UPSTREAM_RETRY_LIMIT_EXCEEDED)
+        return _finish(decision, req, target, cluster, endpoint, result, tuple(flags),
+                       attempts=retries + 1, on_done=settle)
+
+
+# --- pieces of the flow ------------------------------------------------------------------
+
+
+def _min(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
+def _deadline(ctx: CallContext, route_timeout: float | None) -> float | None:
+    own = None if not route_timeout else ctx.clock() + route_timeout
+    return _min(own, ctx.deadline)
+
+
+def _forward_headers(req: RequestView) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in req.headers.items() if k not in _DROP]
+
+
+def _attempt_headers(decision: RouteDecision, target: Target | None,
+                     base: list[tuple[str, str]], per_try: float | None,
+                     grpc: bool) -> tuple[tuple[str, str], ...]:
+    headers = base
+    if target is not None:
+        for ops in request_header_operations(decision, target):
+            headers = apply_header_operations(headers, ops)
+    if per_try is not None and not math.isinf(per_try):
+        headers = [*headers, (ENVOY_TIMEOUT_HEADER, str(max(int(per_try * 1000), 1)))]
+        if grpc:
+            headers = [(k, v) for k, v in headers if k != GRPC_TIMEOUT_HEADER]
+            headers.append((GRPC_TIMEOUT_HEADER, format_grpc_timeout(per_try)))
+    return tuple(headers)
+
+
+def _scheme(cluster: Cluster, req: RequestView) -> str:
+    """Plain HTTP unless the service port speaks TLS (TLS origination comes with security)."""
+    service = cluster.service
+    if service is not None:
+        sp = service.port(cluster.key.port)
+        if sp is not None and sp.protocol in ("HTTPS", "TLS"):
+            return "https"
+        return "http"
+    return req.scheme
+
+
+def _choose(ctx: CallContext, decision: RouteDecision, target: Target | None,
+            tried: list[Endpoint], policy: Any
+            ) -> tuple[Cluster | None, Endpoint | None, LocalReply | None]:
+    """Cluster and endpoint for the next attempt, or the local reply explaining why not."""
+    if target is None:  # ALLOW_ANY passthrough to the original destination
+        raw_host, raw_port = split_host_port(ctx.request.authority)
+        through = ctx.clusters.passthrough(ctx.snapshot, raw_host,
+                                           raw_port or ctx.request.port or 80)
+        return through, through.endpoints[0], None
+    port = target.port or _only_port(target) or ctx.request.port
+    cluster = ctx.clusters.get(ctx.snapshot, ctx.view, target.fqdn, target.subset, port)
+    if cluster is None:
+        return None, None, LocalReply.text(503, NO_HEALTHY_UPSTREAM, Flag.NO_CLUSTER)
+    healthy = cluster.healthy()
+    if not healthy:
+        return cluster, None, LocalReply.text(503, NO_HEALTHY_UPSTREAM, Flag.NO_HEALTHY_UPSTREAM)
+    avoid = tried if policy.ignore_previous_hosts else ()
+    key = hash_key(getattr(cluster.policy, "load_balancer", None), ctx.request, ctx.source_ip)
+    endpoint = cluster.balancer.pick(healthy, hash_key=key, avoid=avoid)
+    if endpoint is None:  # PASSTHROUGH load balancing: the original destination
+        raw_host, raw_port = split_host_port(ctx.request.authority)
+        endpoint = Endpoint(raw_host, raw_port or port or 80)
+    return cluster, endpoint, None
+
+
+def _only_port(target: Target) -> int | None:
+    service = target.service
+    if service is not None and len(service.ports) == 1:
+        return service.ports[0].number
+    return None
+
+
+def _release(cluster: Cluster, endpoint: Endpoint) -> None:
+    cluster.limits.release()
+    cluster.balancer.finished(endpoint)
+
+
+def _mirrors(ctx: CallContext, decision: RouteDecision, path: str, authority: str,
+             headers: list[tuple[str, str]]) -> list[Mirror]:
+    """Mirror effects for this request: ``mirror`` + ``mirrorPercentage`` or ``mirrors[]``."""
+    route = decision.route
+    if route is None or not ctx.replayable:
+        return []
+    wanted: list[tuple[Any, float]] = []
+    if route.mirror is not None:
+        pct = route.mirror_percentage.value if route.mirror_percentage is not None else (
+            float(route.mirror_percent) if route.mirror_percent is not None else 100.0)
+        wanted.append((route.mirror, pct))
+    for m in route.mirrors or ():
+        wanted.append((m.destination, m.percentage.value if m.percentage is not None else 100.0))
+    out: list[Mirror] = []
+    vs = decision.virtual_service
+    for dest, pct in wanted:
+        if dest is None or pct <= 0 or ctx.rng.random() * 100.0 >= pct:
+            continue
+        fqdn = expand_host(dest.host, vs.namespace if vs else ctx.view.namespace,
+                           ctx.snapshot.domain)
+        port = dest.port.number if dest.port is not None and dest.port.number else None
+        service = ctx.view.service(fqdn)
+        if port is None and service is not None and len(service.ports) == 1:
+            port = service.ports[0].number
+        cluster = ctx.clusters.get(ctx.snapshot, ctx.view, fqdn, dest.subset, port)
+        if cluster is None:
+            continue
+        healthy = cluster.healthy()
+        endpoint = cluster.balancer.pick(healthy) if healthy else None
+        if endpoint is None:
+            continue
+        out.append(Mirror(Attempt(
+            scheme=_scheme(cluster, ctx.request), address=endpoint.address, port=endpoint.port,
+            path=path, authority=authority, headers=tuple(headers), timeout=None,
+            connect_timeout=cluster.limits.connect_timeout, cluster=cluster.name,
+            endpoint=endpoint)))
+    return out
+
+
+def _abort_reply(status: int | None, grpc_status: int | None, grpc: bool) -> LocalReply:
+    if grpc and grpc_status is not None:
+        return LocalReply(200, b"", (("content-type", "application/grpc"),
+                                     ("grpc-status", str(grpc_status)),
+                                     ("grpc-message", FAULT_ABORT)),
+                          (Flag.FAULT_INJECTED,), grpc_status)
+    return LocalReply.text(status or 503, FAULT_ABORT, Flag.FAULT_INJECTED)
+
+
+def _local(reply: LocalReply, decision: RouteDecision, flags: tuple[Flag, ...], *,
+           cluster: Cluster | None = None, attempts: int = 0) -> CallResult:
+    merged = tuple(dict.fromkeys((*flags, *reply.flags)))
+    return CallResult(local_reply=reply, flags=merged, attempts=attempts,
+                      route_name=decision.route_name,
+                      cluster=cluster.name if cluster is not None else None,
+                      status=reply.status)
+
+
+def _finish(decision: RouteDecision, req: RequestView, target: Target | None,
+            cluster: Cluster, endpoint: Endpoint, result: AttemptResult,
+            flags: tuple[Flag, ...], *, attempts: int, on_done: Callable[[], None]) -> CallResult:
+    outcome = result.outcome
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            _release(cluster, endpoint)
+            on_done()
+
+    if result.response is None:  # no answer at all: Envoy's local reply for the failure
+        release()
+        reply = _failure_reply(outcome)
+        return _local(reply, decision, (*flags, *reply.flags), cluster=cluster,
+                      attempts=attempts)
+
+    def response_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        if target is not None:
+            for ops in response_header_operations(decision, target):
+                headers = apply_header_operations(headers, ops)
+        if decision.cors is not None:  # Envoy's CORS filter overwrites these headers
+            cors = cors_response_headers(decision.cors, req)
+            names = {k.lower() for k, _ in cors}
+            headers = [(k, v) for k, v in headers if k.lower() not in names] + cors
+        return headers
+
+    return CallResult(response=result.response, flags=flags, attempts=attempts,
+                      route_name=decision.route_name, cluster=cluster.name, endpoint=endpoint,
+                      status=outcome.status, response_headers=response_headers,
+                      release=release)
+
+
+def _failure_reply(outcome: Outcome) -> LocalReply:
+    failure = outcome.failure
+    if failure == Failure.TIMEOUT:
+        return LocalReply.text(504, UPSTREAM_TIMEOUT, Flag.UPSTREAM_REQUEST_TIMEOUT)
+    if failure == Failure.CONNECT_FAILURE:
+        return LocalReply.text(503, CONNECT_FAILURE, Flag.UPSTREAM_CONNECTION_FAILURE)
+    if failure == Failure.OVERFLOW:
+        return LocalReply.text(503, UPSTREAM_OVERFLOW, Flag.UPSTREAM_OVERFLOW)
+    return LocalReply.text(503, REMOTE_RESET, Flag.UPSTREAM_REMOTE_RESET)

@@ -1,0 +1,156 @@
+"""``Mesh``: the embedded mesh of one workload, and the clients that use it.
+
+    >>> import meshsdk
+    >>> mesh = meshsdk.Mesh.from_config("examples/bookinfo", workload=meshsdk.Workload(
+    ...     name="productpage-v1", namespace="default",
+    ...     labels={"app": "productpage", "version": "v1"}))
+    >>> client = mesh.client()          # an httpx.Client whose calls go through the mesh
+    >>> client.close(); mesh.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from meshsdk.config.loader import load_config
+from meshsdk.config.resource import Config
+from meshsdk.config.snapshot import ClientView, Snapshot
+from meshsdk.dataplane.clusters import ClusterRegistry
+from meshsdk.dataplane.flow import AttemptResult, CallContext, CallResult, Effect, call_flow
+from meshsdk.deadline import current_deadline
+from meshsdk.routing.request import RequestView
+from meshsdk.transport.async_ import AsyncMeshTransport
+from meshsdk.transport.common import CallInfo, replayable
+from meshsdk.transport.mirrors import MirrorSender
+from meshsdk.transport.sync import MeshTransport
+from meshsdk.workload import Workload
+
+ConfigSource = Config | str | os.PathLike[str]
+CallObserver = Callable[[httpx.Request, CallResult, CallInfo], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _State:
+    """What a call starts from; replaced as a whole by :meth:`Mesh.update`."""
+
+    snapshot: Snapshot
+    view: ClientView
+
+
+class Mesh:
+    """The mesh as one workload sees it: config snapshot, per-destination state, clients.
+
+    ``clock``, ``sleep`` and ``rng`` are injectable so tests can drive timeouts,
+    backoff and outlier detection with a fake clock and fixed random numbers.
+    """
+
+    def __init__(self, config: Config, workload: Workload | None = None, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep,
+                 async_sleep: Callable[[float], Any] = asyncio.sleep,
+                 rng: random.Random | None = None) -> None:
+        self.workload = workload if workload is not None else Workload.from_env()
+        self._clock = clock
+        self._sleep = sleep
+        self._async_sleep = async_sleep
+        self._rng = rng if rng is not None else random.Random()
+        self._clusters = ClusterRegistry(clock, self._rng)
+        self._mirrors = MirrorSender()
+        self._observers: list[CallObserver] = []
+        self._state = self._build_state(config)
+
+    @classmethod
+    def from_config(cls, source: ConfigSource, workload: Workload | None = None,
+                    **options: Any) -> Mesh:
+        """A mesh from a file, a directory or a loaded :class:`Config` (raises ConfigError)."""
+        return cls(_as_config(source), workload, **options)
+
+    # -- configuration -------------------------------------------------------------------
+
+    def _build_state(self, config: Config) -> _State:
+        snapshot = Snapshot(config)
+        return _State(snapshot, snapshot.view(self.workload.namespace, self.workload.labels))
+
+    def update(self, config: ConfigSource) -> None:
+        """Swap in a new configuration atomically.
+
+        The new config is loaded and validated first: a bad one raises ConfigError
+        and the current one stays. Calls in flight finish on the snapshot they
+        started with; per-destination state (ejections, budgets) carries over.
+        """
+        self._state = self._build_state(_as_config(config))
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The configuration snapshot new calls use."""
+        return self._state.snapshot
+
+    # -- clients ---------------------------------------------------------------------------
+
+    def transport(self, inner: httpx.BaseTransport | None = None) -> MeshTransport:
+        """A sync transport to plug into your own ``httpx.Client``."""
+        return MeshTransport(self, inner)
+
+    def async_transport(self, inner: httpx.AsyncBaseTransport | None = None
+                        ) -> AsyncMeshTransport:
+        """An async transport to plug into your own ``httpx.AsyncClient``."""
+        return AsyncMeshTransport(self, inner)
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        """``httpx.Client(transport=mesh.transport(), **kwargs)``; timeouts are the mesh's
+        (VirtualService ``timeout``/``perTryTimeout``), so httpx's own default is off."""
+        kwargs.setdefault("timeout", None)
+        return httpx.Client(transport=self.transport(), **kwargs)
+
+    def async_client(self, **kwargs: Any) -> httpx.AsyncClient:
+        """The async twin of :meth:`client`."""
+        kwargs.setdefault("timeout", None)
+        return httpx.AsyncClient(transport=self.async_transport(), **kwargs)
+
+    def add_observer(self, observer: CallObserver) -> None:
+        """Call ``observer(request, result, info)`` after every call (telemetry hooks)."""
+        self._observers.append(observer)
+
+    def close(self) -> None:
+        """Stop background mirroring; clients are closed by their owners."""
+        self._mirrors.close()
+
+    # -- used by the transports ------------------------------------------------------------
+
+    def _flow(self, request: httpx.Request) -> Generator[Effect, AttemptResult | None,
+                                                         CallResult]:
+        state = self._state
+        url = request.url
+        raw = url.raw_path.decode("ascii", "replace")
+        path, _, query = raw.partition("?")
+        authority = request.headers.get("host") or url.netloc.decode("ascii", "replace")
+        view = RequestView.build(request.method, url.scheme, authority, path, query,
+                                 request.headers.multi_items(), source=self.workload)
+        ctx = CallContext(view, state.snapshot, state.view, self._clusters, self._clock,
+                          self._rng, replayable=replayable(request),
+                          deadline=_deadline_now(self._clock))
+        return call_flow(ctx)
+
+    def _observe(self, request: httpx.Request, result: CallResult, info: CallInfo) -> None:
+        for observer in self._observers:
+            observer(request, result, info)
+
+
+def _deadline_now(clock: Callable[[], float]) -> float | None:
+    """The inbound deadline translated to this mesh's clock."""
+    deadline = current_deadline()
+    if deadline is None:
+        return None
+    return clock() + (deadline - time.monotonic())
+
+
+def _as_config(source: ConfigSource) -> Config:
+    return source if isinstance(source, Config) else load_config(source)

@@ -1,0 +1,78 @@
+"""The asyncio httpx driver of the call flow: the sync driver's twin, awaiting I/O."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import httpx
+
+from meshsdk.dataplane.flow import AttemptResult, CallResult, Discard, Mirror, Send, Sleep
+from meshsdk.transport.common import (
+    SEND_ERRORS,
+    AsyncReleasingStream,
+    call_info,
+    classify_exception,
+    classify_response,
+    local_response,
+    mirror_request,
+    response_head,
+    upstream_request,
+)
+
+if TYPE_CHECKING:
+    from meshsdk.mesh import Mesh
+
+
+class AsyncMeshTransport(httpx.AsyncBaseTransport):
+    """An async ``httpx`` transport that routes every request through the mesh::
+
+        client = httpx.AsyncClient(transport=mesh.async_transport())
+    """
+
+    def __init__(self, mesh: Mesh, inner: httpx.AsyncBaseTransport | None = None) -> None:
+        self._mesh = mesh
+        self._inner = inner if inner is not None else httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        flow = self._mesh._flow(request)
+        value: AttemptResult | None = None
+        try:
+            effect = next(flow)
+            while True:
+                if isinstance(effect, Send):
+                    value = await self._send(effect, request)
+                else:
+                    value = None
+                    if isinstance(effect, Sleep):
+                        await self._mesh._async_sleep(effect.seconds)
+                    elif isinstance(effect, Discard):
+                        await effect.response.aclose()
+                    elif isinstance(effect, Mirror):
+                        self._mesh._mirrors.submit_async(
+                            self._inner, mirror_request(effect.attempt, request))
+                effect = flow.send(value)
+        except StopIteration as stop:
+            return self._response(stop.value, request)
+
+    async def _send(self, effect: Send, request: httpx.Request) -> AttemptResult:
+        try:
+            response = await self._inner.handle_async_request(
+                upstream_request(effect.attempt, request))
+        except SEND_ERRORS as exc:
+            return AttemptResult(classify_exception(exc))
+        return classify_response(response)
+
+    def _response(self, result: CallResult, request: httpx.Request) -> httpx.Response:
+        info = call_info(result)
+        self._mesh._observe(request, result, info)
+        if result.local_reply is not None:
+            result.release()
+            return local_response(result.local_reply, request, info)
+        upstream: httpx.Response = result.response
+        headers, extensions = response_head(result, upstream)
+        return httpx.Response(upstream.status_code, headers=headers,
+                              stream=AsyncReleasingStream(upstream, result.release),
+                              request=request, extensions=extensions)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()

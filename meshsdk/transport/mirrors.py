@@ -1,0 +1,81 @@
+"""Fire-and-forget sending of mirrored requests, bounded so mirroring can never
+exhaust threads, sockets or memory of the app it runs in.
+
+When ``max_in_flight`` copies are already on their way, further copies are
+dropped and counted, never queued: a mirror must not slow or break the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+
+class MirrorSender:
+    """Sends mirror copies in the background: a small thread pool for sync clients,
+    tasks on the running loop for async ones."""
+
+    def __init__(self, max_in_flight: int = 64, workers: int = 2) -> None:
+        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._workers = workers
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.sent = 0
+        self.failed = 0
+        self.dropped = 0
+
+    def submit_sync(self, transport: httpx.BaseTransport, request: httpx.Request) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.dropped += 1
+            return
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="mesh-mirror")
+            pool = self._pool
+        pool.submit(self._run_sync, transport, request)
+
+    def _run_sync(self, transport: httpx.BaseTransport, request: httpx.Request) -> None:
+        try:
+            response = transport.handle_request(request)
+            try:
+                response.read()
+            finally:
+                response.close()
+            self.sent += 1
+        except Exception:  # a mirror's failure is nobody's business but the counter's
+            self.failed += 1
+        finally:
+            self._slots.release()
+
+    def submit_async(self, transport: httpx.AsyncBaseTransport, request: httpx.Request) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.dropped += 1
+            return
+        task = asyncio.get_running_loop().create_task(self._run_async(transport, request))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_async(self, transport: httpx.AsyncBaseTransport,
+                         request: httpx.Request) -> None:
+        try:
+            response = await transport.handle_async_request(request)
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+            self.sent += 1
+        except Exception:
+            self.failed += 1
+        finally:
+            self._slots.release()
+
+    def close(self, wait: bool = True) -> None:
+        """Stop the thread pool (waiting for copies in flight by default)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=wait)

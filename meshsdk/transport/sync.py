@@ -1,0 +1,81 @@
+"""The synchronous httpx driver of the call flow."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import httpx
+
+from meshsdk.dataplane.flow import AttemptResult, CallResult, Discard, Mirror, Send, Sleep
+from meshsdk.transport.common import (
+    SEND_ERRORS,
+    ReleasingStream,
+    call_info,
+    classify_exception,
+    classify_response,
+    local_response,
+    mirror_request,
+    response_head,
+    upstream_request,
+)
+
+if TYPE_CHECKING:
+    from meshsdk.mesh import Mesh
+
+
+class MeshTransport(httpx.BaseTransport):
+    """An ``httpx`` transport that routes every request through the mesh.
+
+    It wraps an inner transport (by default a pooled ``httpx.HTTPTransport``) that
+    does the actual network I/O to the endpoints the mesh picks::
+
+        client = httpx.Client(transport=mesh.transport())
+    """
+
+    def __init__(self, mesh: Mesh, inner: httpx.BaseTransport | None = None) -> None:
+        self._mesh = mesh
+        self._inner = inner if inner is not None else httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        flow = self._mesh._flow(request)
+        sleep = self._mesh._sleep
+        value: AttemptResult | None = None
+        try:
+            effect = next(flow)
+            while True:
+                if isinstance(effect, Send):
+                    value = self._send(effect, request)
+                else:
+                    value = None
+                    if isinstance(effect, Sleep):
+                        sleep(effect.seconds)
+                    elif isinstance(effect, Discard):
+                        effect.response.close()
+                    elif isinstance(effect, Mirror):
+                        self._mesh._mirrors.submit_sync(
+                            self._inner, mirror_request(effect.attempt, request))
+                effect = flow.send(value)
+        except StopIteration as stop:
+            return self._response(stop.value, request)
+
+    def _send(self, effect: Send, request: httpx.Request) -> AttemptResult:
+        try:
+            response = self._inner.handle_request(upstream_request(effect.attempt, request))
+        except SEND_ERRORS as exc:
+            return AttemptResult(classify_exception(exc))
+        return classify_response(response)
+
+    def _response(self, result: CallResult, request: httpx.Request) -> httpx.Response:
+        info = call_info(result)
+        self._mesh._observe(request, result, info)
+        if result.local_reply is not None:
+            result.release()
+            return local_response(result.local_reply, request, info)
+        upstream: httpx.Response = result.response
+        headers, extensions = response_head(result, upstream)
+        return httpx.Response(upstream.status_code, headers=headers,
+                              stream=ReleasingStream(upstream, result.release),
+                              request=request, extensions=extensions)
+
+    def close(self) -> None:
+        self._inner.close()
