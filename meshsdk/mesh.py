@@ -29,6 +29,7 @@ from meshsdk.deadline import current_deadline
 from meshsdk.routing.request import RequestView
 from meshsdk.transport.async_ import AsyncMeshTransport
 from meshsdk.transport.common import CallInfo, replayable
+from meshsdk.transport.dns import DnsCache
 from meshsdk.transport.mirrors import MirrorSender
 from meshsdk.transport.sync import MeshTransport
 from meshsdk.workload import Workload
@@ -66,6 +67,7 @@ class Mesh:
         self._mirrors = MirrorSender()
         self._observers: list[CallObserver] = []
         self._state = self._build_state(config)
+        self._dns = DnsCache(self._state.snapshot.mesh.dns_refresh_rate, clock)
 
     @classmethod
     def from_config(cls, source: ConfigSource, workload: Workload | None = None,
@@ -87,6 +89,7 @@ class Mesh:
         started with; per-destination state (ejections, budgets) carries over.
         """
         self._state = self._build_state(_as_config(config))
+        self._dns.ttl = self._state.snapshot.mesh.dns_refresh_rate
 
     @property
     def snapshot(self) -> Snapshot:

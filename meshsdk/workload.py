@@ -17,6 +17,9 @@ ENV_NAME = "MESH_WORKLOAD_NAME"
 ENV_NAMESPACE = "MESH_WORKLOAD_NAMESPACE"
 ENV_LABELS = "MESH_WORKLOAD_LABELS"
 ENV_SERVICE_ACCOUNT = "MESH_WORKLOAD_SERVICE_ACCOUNT"
+ENV_LOCALITY = "MESH_WORKLOAD_LOCALITY"
+_TOPOLOGY = ("topology.kubernetes.io/region", "topology.kubernetes.io/zone",
+             "topology.istio.io/subzone")
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,21 +30,29 @@ class Workload:
     namespace: str = "default"
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     service_account: str = "default"
+    locality: str = ""
+    """``region/zone/subzone`` for locality-aware load balancing; empty = unknown.
+    Taken from the Kubernetes topology labels when not given."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
+        if not self.locality and any(k in self.labels for k in _TOPOLOGY):
+            parts = [self.labels.get(k, "") for k in _TOPOLOGY]
+            object.__setattr__(self, "locality", "/".join(parts).rstrip("/"))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Workload:
         """Build from ``MESH_WORKLOAD_NAME``, ``MESH_WORKLOAD_NAMESPACE``,
         ``MESH_WORKLOAD_LABELS`` (``app=reviews,version=v2``) and
-        ``MESH_WORKLOAD_SERVICE_ACCOUNT``; unset ones keep the defaults."""
+        ``MESH_WORKLOAD_SERVICE_ACCOUNT`` and ``MESH_WORKLOAD_LOCALITY``
+        (``region/zone/subzone``); unset ones keep the defaults."""
         env = os.environ if environ is None else environ
         return cls(
             name=env.get(ENV_NAME) or "unknown",
             namespace=env.get(ENV_NAMESPACE) or "default",
             labels=parse_labels(env.get(ENV_LABELS, ""), source=ENV_LABELS),
             service_account=env.get(ENV_SERVICE_ACCOUNT) or "default",
+            locality=env.get(ENV_LOCALITY) or "",
         )
 
     @property

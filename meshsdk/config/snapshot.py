@@ -64,6 +64,10 @@ class Endpoint:
     service_account: str | None = None
     source: str = ""
 
+    def __hash__(self) -> int:
+        # Identity is the address and port; labels (a mapping) cannot be hashed.
+        return hash((self.address, self.port))
+
     @property
     def authority(self) -> str:
         """``address:port`` (IPv6 bracketed), for URLs and logs."""
@@ -217,6 +221,8 @@ class Snapshot:
         self.services: dict[str, list[Service]] = {}
         self._index_services(config)
         self._names = self._index_names()
+        self._wildcard_hosts = sorted((h for h in self.services if h.startswith("*")),
+                                      key=wildcard_specificity, reverse=True)
         self._vs_by_host: dict[str, list[tuple[Resource, str]]] = {}
         self._vs_wild: list[tuple[str, Resource]] = []
         self._index_virtual_services(config)
@@ -379,7 +385,8 @@ class ClientView:
         host, port = split_host_port(authority)
         svc = self.service(host)
         if svc is not None:
-            return svc, svc.hostname, port
+            # a wildcard ServiceEntry (*.example.com) keeps the name that was asked for
+            return svc, (host if svc.hostname.startswith("*") else svc.hostname), port
         return None, self.fqdn(host), port
 
     def service(self, host: str) -> Service | None:
@@ -396,6 +403,13 @@ class ClientView:
                           if visible(s.export_to, s.namespace, self.namespace)), None)
             if found is not None:
                 break
+        if found is None and "." in host:
+            for pattern in self.snapshot._wildcard_hosts:  # most specific first
+                if wildcard_matches(pattern, host.lower()):
+                    found = next((s for s in self.snapshot.services[pattern]
+                                  if visible(s.export_to, s.namespace, self.namespace)), None)
+                    if found is not None:
+                        break
         if len(self._by_name) < _NAME_CACHE_LIMIT:  # unknown hosts are unbounded
             self._by_name[host] = found
         return found

@@ -40,7 +40,8 @@ class ClusterKey:
 class Cluster:
     """Everything the flow needs about one destination under the current snapshot."""
 
-    def __init__(self, key: ClusterKey, clock: Callable[[], float], rng: random.Random) -> None:
+    def __init__(self, key: ClusterKey, clock: Callable[[], float], rng: random.Random, *,
+                 connect_timeout: float = 10.0) -> None:
         self.key = key
         self.name = cluster_name(key.fqdn, key.subset, key.port)
         self._clock = clock
@@ -52,7 +53,7 @@ class Cluster:
         self.balancer: Balancer = make_balancer(None, rng)
         self._lb_settings: Any = None
         self.outlier: OutlierDetector | None = None
-        self.limits = ConnectionLimits(None)
+        self.limits = ConnectionLimits(None, default_connect_timeout=connect_timeout)
         self.budget: RetryBudget = make_retry_budget(None, clock)
         self._budget_settings: Any = None
 
@@ -111,14 +112,17 @@ class ClusterRegistry:
         endpoints: tuple[Endpoint, ...] = ()
         if service is not None and port is not None:
             endpoints = snapshot.endpoints(service, port, labels)
-        elif service is None:
-            # a route to a host no ServiceEntry defines (an external name): dial it by name
+        if not endpoints and (service is None or (service.resolution == "NONE"
+                                                  and not service.workloads)):
+            # An external name no ServiceEntry defines, or resolution NONE: the
+            # destination is the host the app asked for, dialled by name.
             endpoints = (Endpoint(fqdn, port or 80),)
         policy = view.policy(fqdn, subset, port)
         with self._lock:
             cluster = self._clusters.get(key)
             if cluster is None:
-                cluster = Cluster(key, self._clock, self._rng)
+                cluster = Cluster(key, self._clock, self._rng,
+                                  connect_timeout=snapshot.mesh.connect_timeout)
                 self._clusters[key] = cluster
             cluster.refresh(snapshot, service, policy, endpoints)
         return cluster

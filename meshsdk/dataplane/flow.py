@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from meshsdk.config.hosts import expand_host, split_host_port
@@ -39,7 +39,7 @@ from meshsdk.outcome import (
     LocalReply,
     Outcome,
 )
-from meshsdk.resilience.balancer import hash_key
+from meshsdk.resilience.balancer import hash_key, locality_preference
 from meshsdk.resilience.fault import decide_fault
 from meshsdk.resilience.retry import backoff_delay, retry_policy, should_retry
 from meshsdk.routing.cors import cors_response_headers
@@ -81,6 +81,10 @@ class Attempt:
     def url(self) -> str:
         host = f"[{self.address}]" if ":" in self.address else self.address
         return f"{self.scheme}://{host}:{self.port}{self.path}"
+
+    def with_address(self, address: str) -> Attempt:
+        """The same attempt aimed at a resolved address (the driver's DNS step)."""
+        return replace(self, address=address)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,16 +198,28 @@ def call_flow(ctx: CallContext) -> Generator[Effect, AttemptResult | None, CallR
 
     yield from _mirrors(ctx, decision, path, authority, base_headers)
 
-    policy = retry_policy(route.retries if route is not None else None, ctx.mesh)
+    first_port = _target_port(ctx, target) if target is not None else None
+    first_policy = (ctx.view.policy(target.fqdn, target.subset, first_port)
+                    if target is not None else None)
+    lb = getattr(first_policy, "load_balancer", None)
+    policy = retry_policy(route.retries if route is not None else None, ctx.mesh,
+                          consistent_hash=lb is not None and lb.consistent_hash is not None)
     deadline = _deadline(ctx, route.timeout if route is not None else None)
     tried: list[Endpoint] = []
     retries = 0
-    holding_retry: Cluster | None = None  # maxRetries slot held by the attempt in flight
+    holding_retry: Cluster | None = None  # retry slot (budget, maxRetries) of the attempt in flight
     budgeted: Cluster | None = None       # the cluster whose budget counts this request
 
-    def settle() -> None:
+    def end_retry() -> None:
+        nonlocal holding_retry
         if holding_retry is not None:
-            holding_retry.limits.release_retry()
+            holding_retry.budget.on_retry_done()
+            if holding_retry.policy is None or holding_retry.policy.retry_budget is None:
+                holding_retry.limits.release_retry()
+            holding_retry = None
+
+    def settle() -> None:
+        end_retry()
         if budgeted is not None:
             budgeted.budget.on_request_done()
 
@@ -238,16 +254,14 @@ def call_flow(ctx: CallContext) -> Generator[Effect, AttemptResult | None, CallR
         cluster.balancer.started(endpoint)
         result = yield Send(attempt)
         assert result is not None
-        if holding_retry is not None:
-            holding_retry.limits.release_retry()
-            holding_retry = None
+        end_retry()
         outcome = result.outcome
         if cluster.outlier is not None:
             cluster.outlier.record(endpoint, outcome)
         wants_retry = policy.attempts > 0 and should_retry(
             policy, outcome, grpc=req.grpc, request_replayable=ctx.replayable)
         if wants_retry and retries < policy.attempts:
-            if cluster.budget.try_withdraw() and cluster.limits.try_acquire_retry():
+            if _take_retry_slot(cluster):
                 holding_retry = cluster
                 _release(cluster, endpoint)
                 if result.response is not None:
@@ -321,13 +335,19 @@ def _choose(ctx: CallContext, decision: RouteDecision, target: Target | None,
         through = ctx.clusters.passthrough(ctx.snapshot, raw_host,
                                            raw_port or ctx.request.port or 80)
         return through, through.endpoints[0], None
-    port = target.port or _only_port(target) or ctx.request.port
+    port = _target_port(ctx, target)
     cluster = ctx.clusters.get(ctx.snapshot, ctx.view, target.fqdn, target.subset, port)
     if cluster is None:
         return None, None, LocalReply.text(503, NO_HEALTHY_UPSTREAM, Flag.NO_CLUSTER)
     healthy = cluster.healthy()
     if not healthy:
         return cluster, None, LocalReply.text(503, NO_HEALTHY_UPSTREAM, Flag.NO_HEALTHY_UPSTREAM)
+    locality = ctx.request.source.locality
+    if locality:
+        lb = getattr(cluster.policy, "load_balancer", None)
+        setting = getattr(lb, "locality_lb_setting", None) or ctx.mesh.locality_lb_setting
+        healthy = locality_preference(healthy, locality, setting,
+                                      failover_enabled=cluster.outlier is not None) or healthy
     avoid = tried if policy.ignore_previous_hosts else ()
     key = hash_key(getattr(cluster.policy, "load_balancer", None), ctx.request, ctx.source_ip)
     endpoint = cluster.balancer.pick(healthy, hash_key=key, avoid=avoid)
@@ -335,6 +355,24 @@ def _choose(ctx: CallContext, decision: RouteDecision, target: Target | None,
         raw_host, raw_port = split_host_port(ctx.request.authority)
         endpoint = Endpoint(raw_host, raw_port or port or 80)
     return cluster, endpoint, None
+
+
+def _take_retry_slot(cluster: Cluster) -> bool:
+    """May one more retry go out? The retry budget, and ``maxRetries`` unless a
+    ``retryBudget`` is configured (Envoy ignores maxRetries then)."""
+    if not cluster.budget.try_withdraw():
+        return False
+    if cluster.policy is not None and cluster.policy.retry_budget is not None:
+        return True
+    if cluster.limits.try_acquire_retry():
+        return True
+    cluster.budget.on_retry_done()  # give back what was withdrawn
+    return False
+
+
+def _target_port(ctx: CallContext, target: Target) -> int | None:
+    """The service port a target is reached on: its own, the service's only one, the request's."""
+    return target.port or _only_port(target) or ctx.request.port
 
 
 def _only_port(target: Target) -> int | None:

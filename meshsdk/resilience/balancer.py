@@ -67,6 +67,7 @@ from meshsdk.config.kinds.destination_rule import (
     LoadBalancerSettings,
     LocalityLoadBalancerSetting,
 )
+from meshsdk.config.mesh import LocalityLbSetting
 from meshsdk.config.snapshot import Endpoint
 from meshsdk.routing.request import RequestView
 
@@ -75,7 +76,6 @@ EndpointKey = tuple[str, int]
 DEFAULT_MIN_RING_SIZE = 1024
 DEFAULT_MAGLEV_TABLE_SIZE = 65537
 MAX_RING_SIZE = 1 << 18
-ACTIVE_REQUEST_BIAS = 1.0
 _CACHE_LIMIT = 4
 _MASK64 = (1 << 64) - 1
 
@@ -222,7 +222,7 @@ class LeastRequestBalancer(_Base):
             j = int(rand() * n)
             return endpoints[j] if active.get(keys[j], 0) < active.get(keys[i], 0) \
                 else endpoints[i]
-        # weight / (active + 1) ** ACTIVE_REQUEST_BIAS, with Envoy's default bias of 1.0
+        # Envoy: weight / (active + 1) ** active_request_bias, whose default is 1.0
         total = 0.0
         cumulative = []
         for key, weight in zip(keys, weights, strict=True):
@@ -273,23 +273,23 @@ class RoundRobinBalancer(_Base):
                 self._current = [0.0] * n
                 if self._randomize:
                     for _ in range(self._rng.randrange(n)):
-                        self._smooth_step(endpoints)
+                        self._smooth_step()
             tried: Endpoint | None = None
             for _ in range(n):
-                chosen = endpoints[self._smooth_step(endpoints)]
+                chosen = endpoints[self._smooth_step()]
                 if tried is None:
                     tried = chosen
                 if avoided is None or (chosen.address, chosen.port) not in avoided:
                     return chosen
             return tried
 
-    def _smooth_step(self, endpoints: Sequence[Endpoint]) -> int:
+    def _smooth_step(self) -> int:
         current = self._current
         total = 0
         best = 0
-        for i, weight in enumerate(self._state_key):
-            current[i] += weight[2]
-            total += weight[2]
+        for i, (_, _, weight) in enumerate(self._state_key):
+            current[i] += weight
+            total += weight
             if current[i] > current[best]:
                 best = i
         current[best] -= total
@@ -339,31 +339,40 @@ _HashKey = tuple[tuple[str, int, int], ...]
 
 
 class _HashBalancer(_Base):
-    """Shared cache of lazily built structures, one per endpoint set."""
+    """Shared cache of lazily built rings/tables, one per endpoint set.
+
+    Structures hold endpoint keys, not :class:`Endpoint` objects, and picks map them
+    back through the sequence being balanced: a new snapshot whose endpoints differ
+    only in labels, locality or service account reuses the structure but returns the
+    new objects.
+    """
 
     __slots__ = ("_cache", "_last")
 
     def __init__(self, rng: random.Random) -> None:
         super().__init__(rng)
         self._cache: dict[_HashKey, Any] = {}
-        self._last: tuple[Sequence[Endpoint] | None, Any] = (None, None)
+        self._last: tuple[Sequence[Endpoint] | None, Any, dict[EndpointKey, Endpoint]] = (
+            None, None, {})
 
-    def _structure(self, endpoints: Sequence[Endpoint]) -> Any:
-        seq, built = self._last
+    def _structure(self, endpoints: Sequence[Endpoint]
+                   ) -> tuple[Any, dict[EndpointKey, Endpoint]]:
+        seq, built, by_key = self._last
         if seq is endpoints:
-            return built
+            return built, by_key
         key = tuple(sorted((e.address, e.port, e.weight) for e in endpoints))
         built = self._cache.get(key)
         if built is None:
             # Built outside the lock: a large table takes a while and other threads
             # must not wait for it; two racing builds produce the same result.
-            built = self._build(key, endpoints)
+            built = self._build(key)
             with self._lock:
                 if len(self._cache) >= _CACHE_LIMIT:
                     self._cache.pop(next(iter(self._cache)))
                 self._cache[key] = built
-        self._last = (endpoints, built)  # one atomic store
-        return built
+        by_key = {(e.address, e.port): e for e in endpoints}
+        self._last = (endpoints, built, by_key)  # one atomic store
+        return built, by_key
 
     def prepare(self, endpoints: Sequence[Endpoint]) -> None:
         """Build (and cache) the ring or table for ``endpoints`` now, e.g. from a worker
@@ -372,7 +381,10 @@ class _HashBalancer(_Base):
         if len(endpoints) > 1:
             self._structure(endpoints)
 
-    def _build(self, key: _HashKey, endpoints: Sequence[Endpoint]) -> Any:
+    def _build(self, key: _HashKey) -> Any:
+        raise NotImplementedError
+
+    def _lookup(self, built: Any, h: int, avoided: Collection[EndpointKey]) -> EndpointKey:
         raise NotImplementedError
 
     def pick(self, endpoints: Sequence[Endpoint], *, hash_key: int | None = None,
@@ -383,14 +395,8 @@ class _HashBalancer(_Base):
         if hash_key is None:
             hash_key = self._rng.getrandbits(64)
         avoided = {(e.address, e.port) for e in avoid} if avoid else frozenset()
-        return self._lookup(self._structure(endpoints), hash_key & _MASK64, avoided)
-
-    def _lookup(self, built: Any, h: int, avoided: Collection[EndpointKey]) -> Endpoint:
-        raise NotImplementedError
-
-
-def _by_key(endpoints: Sequence[Endpoint]) -> dict[EndpointKey, Endpoint]:
-    return {(e.address, e.port): e for e in endpoints}
+        built, by_key = self._structure(endpoints)
+        return by_key[self._lookup(built, hash_key & _MASK64, avoided)]
 
 
 def _authority(address: str, port: int) -> str:
@@ -406,9 +412,7 @@ class RingHashBalancer(_HashBalancer):
         super().__init__(rng)
         self.min_ring_size = max(1, min(min_ring_size, MAX_RING_SIZE))
 
-    def _build(self, key: _HashKey, endpoints: Sequence[Endpoint]
-               ) -> tuple[list[int], list[Endpoint]]:
-        by_key = _by_key(endpoints)
+    def _build(self, key: _HashKey) -> tuple[list[int], list[EndpointKey]]:
         weights = [max(w, 1) for _, _, w in key]
         total = sum(weights)
         min_share = min(weights) / total
@@ -427,26 +431,26 @@ class RingHashBalancer(_HashBalancer):
                 i += 1
                 current += 1
         points.sort()
-        return [h for h, _ in points], [by_key[k] for _, k in points]
+        return [h for h, _ in points], [k for _, k in points]
 
-    def _lookup(self, built: Any, h: int, avoided: Collection[EndpointKey]) -> Endpoint:
+    def _lookup(self, built: Any, h: int, avoided: Collection[EndpointKey]) -> EndpointKey:
         hashes, hosts = built
         size = len(hashes)
         index = bisect.bisect_left(hashes, h)
         if index == size:
             index = 0
-        chosen: Endpoint = hosts[index]
-        if not avoided or (chosen.address, chosen.port) not in avoided:
+        chosen: EndpointKey = hosts[index]
+        if not avoided or chosen not in avoided:
             return chosen
         for step in range(1, size):  # walk on, as if the tried hosts were off the ring
-            other: Endpoint = hosts[(index + step) % size]
-            if (other.address, other.port) not in avoided:
+            other: EndpointKey = hosts[(index + step) % size]
+            if other not in avoided:
                 return other
         return chosen
 
     def ring_size(self, endpoints: Sequence[Endpoint]) -> int:
         """Entries in the ring for ``endpoints`` (built if needed)."""
-        return len(self._structure(endpoints)[0])
+        return len(self._structure(endpoints)[0][0])
 
 
 class MaglevBalancer(_HashBalancer):
@@ -459,26 +463,25 @@ class MaglevBalancer(_HashBalancer):
         super().__init__(rng)
         self.table_size = table_size
 
-    def _build(self, key: _HashKey, endpoints: Sequence[Endpoint]) -> list[Endpoint]:
-        by_key = _by_key(endpoints)
+    def _build(self, key: _HashKey) -> list[EndpointKey]:
         m = self.table_size
         weights = [max(w, 1) for _, _, w in key]
         top = max(weights)
         offsets: list[int] = []
         skips: list[int] = []
-        hosts: list[Endpoint] = []
+        hosts: list[EndpointKey] = []
         for address, port, _ in key:
             name = _authority(address, port).encode()
             offsets.append(stable_hash(name) % m)
             skips.append(stable_hash(b"skip:" + name) % (m - 1) + 1 if m > 1 else 1)
-            hosts.append(by_key[(address, port)])
+            hosts.append((address, port))
         # Envoy's weighted fill: a host of the largest weight takes a slot every round,
         # one of a third of it every third round; each takes the next free slot of its
         # own permutation offset, offset + skip, offset + 2 * skip ... (mod m).
         normalized = [w / top for w in weights]
         targets = list(normalized)
         positions = list(offsets)  # the next slot of each host's permutation to try
-        table: list[Endpoint | None] = [None] * m
+        table: list[EndpointKey | None] = [None] * m
         filled = 0
         iteration = 0
         while filled < m:
@@ -498,21 +501,21 @@ class MaglevBalancer(_HashBalancer):
                 filled += 1
                 if filled == m:
                     break
-        return [e for e in table if e is not None]
+        return [k for k in table if k is not None]
 
-    def _lookup(self, built: Any, h: int, avoided: Collection[EndpointKey]) -> Endpoint:
-        table: list[Endpoint] = built
+    def _lookup(self, built: Any, h: int, avoided: Collection[EndpointKey]) -> EndpointKey:
+        table: list[EndpointKey] = built
         m = len(table)
         chosen = table[h % m]
-        if not avoided or (chosen.address, chosen.port) not in avoided:
+        if not avoided or chosen not in avoided:
             return chosen
         for attempt in range(1, 9):  # rehash, as Envoy's Maglev does for retries
             other = table[stable_hash(h.to_bytes(8, "little") + bytes([attempt])) % m]
-            if (other.address, other.port) not in avoided:
+            if other not in avoided:
                 return other
         for step in range(1, m):
             other = table[(h + step) % m]
-            if (other.address, other.port) not in avoided:
+            if other not in avoided:
                 return other
         return chosen
 
@@ -622,7 +625,7 @@ def _priority(client: tuple[str, str, str], endpoint: str,
 
 
 def locality_preference(endpoints: Sequence[Endpoint], client_locality: str,
-                        settings: LocalityLoadBalancerSetting | Any | None, *,
+                        settings: LocalityLoadBalancerSetting | LocalityLbSetting | None, *,
                         failover_enabled: bool = True) -> tuple[Endpoint, ...]:
     """The endpoints Istio's locality load balancing would send this client to.
 
@@ -648,9 +651,9 @@ def locality_preference(endpoints: Sequence[Endpoint], client_locality: str,
     """
     if not endpoints or not client_locality:
         return tuple(endpoints)
-    if settings is not None and getattr(settings, "enabled", None) is False:
+    if settings is not None and settings.enabled is False:
         return tuple(endpoints)
-    distribute = getattr(settings, "distribute", None) or ()
+    distribute = settings.distribute if settings is not None else ()
     if distribute:
         for rule in distribute:
             if _locality_matches(client_locality, rule.from_):
@@ -659,7 +662,7 @@ def locality_preference(endpoints: Sequence[Endpoint], client_locality: str,
     if not failover_enabled:
         return tuple(endpoints)
     client = _split_locality(client_locality)
-    failover = getattr(settings, "failover", None) or ()
+    failover = settings.failover if settings is not None else ()
     best = 5
     kept: list[Endpoint] = []
     for e in endpoints:

@@ -11,7 +11,9 @@ The driver calls, per cluster:
   :meth:`RetryBudget.on_request_done` when the request is finished, retries included;
 * :meth:`RetryBudget.try_withdraw` before each retry; ``False`` means do not retry
   (answer with what the last attempt got);
-* :meth:`RetryBudget.on_retry_done` when a retry that was allowed has ended.
+* :meth:`RetryBudget.on_retry_done` when a retry that was allowed has ended (also
+  when it was allowed but not sent, e.g. ``maxRetries`` refused it). As a safety net
+  the concurrency budget never counts more retries in flight than requests in flight.
 
 Two budgets:
 
@@ -134,6 +136,11 @@ class ConcurrencyRetryBudget:
         with self._lock:
             if self._active > 0:
                 self._active -= 1
+            # Every retry in flight belongs to a request in flight (attempts of one
+            # request are sequential), so a retry whose end was never reported cannot
+            # outlive its request.
+            if self._retries > self._active:
+                self._retries = self._active
 
     def _limit(self) -> int:
         if self._window is not None and self._clock is not None:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from meshsdk.dataplane.flow import AttemptResult, CallResult, Discard, Mirror, Send, Sleep
+from meshsdk.outcome import Failure, Outcome
 from meshsdk.transport.common import (
     SEND_ERRORS,
     AsyncReleasingStream,
@@ -55,9 +56,14 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             return self._response(stop.value, request)
 
     async def _send(self, effect: Send, request: httpx.Request) -> AttemptResult:
+        attempt = effect.attempt
+        try:
+            address = await self._mesh._dns.aresolve(attempt.address, attempt.port)
+        except OSError:
+            return AttemptResult(Outcome(failure=Failure.CONNECT_FAILURE))
         try:
             response = await self._inner.handle_async_request(
-                upstream_request(effect.attempt, request))
+                upstream_request(attempt, request, address))
         except SEND_ERRORS as exc:
             return AttemptResult(classify_exception(exc))
         return classify_response(response)

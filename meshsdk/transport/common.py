@@ -48,13 +48,23 @@ def replayable(request: httpx.Request) -> bool:
     return length is None or (length.isdigit() and int(length) <= MAX_REPLAY_BYTES)
 
 
-def upstream_request(attempt: Attempt, request: httpx.Request) -> httpx.Request:
-    """The request for one attempt: endpoint URL, mesh-decided head, original body."""
+def upstream_request(attempt: Attempt, request: httpx.Request,
+                     address: str | None = None) -> httpx.Request:
+    """The request for one attempt: endpoint URL, mesh-decided head, original body.
+
+    ``address`` is the endpoint's resolved IP when it was given by name; the name
+    stays the TLS server name.
+    """
     t = attempt.timeout
-    timeout = {"connect": attempt.connect_timeout, "read": t, "write": t, "pool": t}
+    extensions: dict[str, Any] = {
+        "timeout": {"connect": attempt.connect_timeout, "read": t, "write": t, "pool": t}}
+    url = attempt.url
+    if address is not None and address != attempt.address:
+        url = attempt.with_address(address).url
+        extensions["sni_hostname"] = attempt.address
     headers = [("host", attempt.authority), *attempt.headers]
-    return httpx.Request(request.method, attempt.url, headers=headers, stream=request.stream,
-                         extensions={"timeout": timeout})
+    return httpx.Request(request.method, url, headers=headers, stream=request.stream,
+                         extensions=extensions)
 
 
 def mirror_request(attempt: Attempt, request: httpx.Request) -> httpx.Request:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from meshsdk.dataplane.flow import AttemptResult, CallResult, Discard, Mirror, Send, Sleep
+from meshsdk.outcome import Failure, Outcome
 from meshsdk.transport.common import (
     SEND_ERRORS,
     ReleasingStream,
@@ -59,8 +60,13 @@ class MeshTransport(httpx.BaseTransport):
             return self._response(stop.value, request)
 
     def _send(self, effect: Send, request: httpx.Request) -> AttemptResult:
+        attempt = effect.attempt
         try:
-            response = self._inner.handle_request(upstream_request(effect.attempt, request))
+            address = self._mesh._dns.resolve(attempt.address, attempt.port)
+        except OSError:
+            return AttemptResult(Outcome(failure=Failure.CONNECT_FAILURE))
+        try:
+            response = self._inner.handle_request(upstream_request(attempt, request, address))
         except SEND_ERRORS as exc:
             return AttemptResult(classify_exception(exc))
         return classify_response(response)

@@ -409,3 +409,24 @@ def test_locality_distribute_respects_endpoint_weights() -> None:
 def test_locality_distribute_from_must_match_the_client() -> None:
     settings = locality({"distribute": [{"from": "eu-west/*", "to": {"eu-west/*": 100}}]})
     assert locality_preference(ALL, CLIENT, settings) == ALL
+
+
+@pytest.mark.parametrize("make", [RingHashBalancer, MaglevBalancer])
+def test_hash_picks_return_the_current_endpoint_objects(make: Any) -> None:
+    balancer = make(random.Random(21))
+    balancer.prepare(FOUR)
+    relabelled = tuple(Endpoint(e.address, e.port, labels={"version": "v2"},
+                                service_account="new") for e in FOUR)
+    for k in KEYS[:200]:
+        chosen = balancer.pick(relabelled, hash_key=k)
+        assert chosen is not None and chosen.service_account == "new"
+        assert chosen in relabelled
+        same = balancer.pick(FOUR, hash_key=k)
+        assert same is not None and (same.address, same.port) == (chosen.address, chosen.port)
+
+
+def test_mesh_wide_locality_setting_is_accepted() -> None:
+    from meshsdk.config.mesh import MeshConfig
+
+    mesh = MeshConfig()  # localityLbSetting: {enabled: true}
+    assert locality_preference(ALL, CLIENT, mesh.locality_lb_setting) == (LOCAL,)

@@ -141,3 +141,15 @@ def test_make_retry_budget() -> None:
                                  clock)
     assert isinstance(windowed, ConcurrencyRetryBudget)
     assert windowed.budget_interval == 5.0
+
+
+def test_retries_cannot_outlive_their_requests() -> None:
+    budget = ConcurrencyRetryBudget(percent=20.0, min_retry_concurrency=2)
+    budget.on_request()
+    budget.on_request()
+    assert withdraw(budget, 5) == 2
+    budget.on_request_done()  # a retry whose end was never reported is dropped with it
+    assert budget.active_retries == 1
+    budget.on_request_done()
+    assert budget.active_retries == 0
+    assert withdraw(budget, 5) == 2
