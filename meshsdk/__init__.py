@@ -18,21 +18,35 @@ from meshsdk.config import (
     load_path,
     load_string,
 )
+from meshsdk.deadline import current_deadline, deadline_scope
 from meshsdk.errors import ConfigError, MeshError, UsageError
+from meshsdk.mesh import Mesh
+from meshsdk.outcome import Flag, LocalReply
+from meshsdk.transport import AsyncMeshTransport, CallInfo, MeshTransport
+from meshsdk.workload import Workload
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncMeshTransport",
+    "CallInfo",
     "Config",
     "ConfigError",
     "Diagnostic",
+    "Flag",
     "LoadResult",
+    "LocalReply",
+    "Mesh",
     "MeshConfig",
     "MeshError",
+    "MeshTransport",
     "Resource",
     "Snapshot",
     "UsageError",
+    "Workload",
     "__version__",
+    "current_deadline",
+    "deadline_scope",
     "load_config",
     "load_path",
     "load_string",

@@ -45,7 +45,7 @@ def _python_blocks(path: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
-@pytest.mark.parametrize("doc", ["README.md", "docs/getting-started.md"])
+@pytest.mark.parametrize("doc", ["README.md", "docs/getting-started.md", "docs/data-path.md"])
 def test_python_examples_in_docs_run(doc: str) -> None:
     blocks = _python_blocks(ROOT / doc)
     assert blocks, f"{doc} has no python example"
