@@ -1,5 +1,5 @@
 # One entry point for developers and CI. Every target installs what it needs.
-#   make demo   the main job (today: validate and describe the bundled bookinfo config)
+#   make demo   the main job: bookinfo as local processes with embedded meshes, six live scenes
 #   make test   lint, type-check and the whole test suite
 #   make bench  the benchmarks (not part of the tests; see docs/performance.md)
 VENV   ?= .venv
@@ -19,8 +19,7 @@ $(STAMP): pyproject.toml
 
 demo: dev
 	$(VENV)/bin/meshctl validate examples/bookinfo
-	$(VENV)/bin/meshctl describe reviews --config examples/bookinfo
-	$(VENV)/bin/meshctl describe reviews --config examples/bookinfo --labels app=productpage
+	$(PY) -m meshsdk.demo
 
 lint: dev
 	$(VENV)/bin/ruff check meshsdk tests bench
