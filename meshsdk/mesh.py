@@ -28,7 +28,7 @@ from meshsdk.dataplane.flow import AttemptResult, CallContext, CallResult, Effec
 from meshsdk.deadline import current_deadline
 from meshsdk.routing.request import RequestView
 from meshsdk.transport.async_ import AsyncMeshTransport
-from meshsdk.transport.common import CallInfo, replayable
+from meshsdk.transport.common import CallInfo, header_value, replayable
 from meshsdk.transport.dns import DnsCache
 from meshsdk.transport.mirrors import MirrorSender
 from meshsdk.transport.sync import MeshTransport
@@ -134,11 +134,12 @@ class Mesh:
         url = request.url
         raw = url.raw_path.decode("ascii", "replace")
         path, _, query = raw.partition("?")
-        authority = request.headers.get("host") or url.netloc.decode("ascii", "replace")
+        items = request.headers.multi_items()  # decoded once, read three times
+        authority = header_value(items, "host") or url.netloc.decode("ascii", "replace")
         view = RequestView.build(request.method, url.scheme, authority, path, query,
-                                 request.headers.multi_items(), source=self.workload)
+                                 items, source=self.workload)
         ctx = CallContext(view, state.snapshot, state.view, self._clusters, self._clock,
-                          self._rng, replayable=replayable(request),
+                          self._rng, replayable=replayable(request, items),
                           deadline=_deadline_now(self._clock))
         return call_flow(ctx)
 

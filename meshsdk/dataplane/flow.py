@@ -223,61 +223,75 @@ def call_flow(ctx: CallContext) -> Generator[Effect, AttemptResult | None, CallR
         if budgeted is not None:
             budgeted.budget.on_request_done()
 
-    while True:
-        remaining = None if deadline is None else deadline - ctx.clock()
-        if remaining is not None and remaining <= 0:
-            settle()
-            flags.append(Flag.UPSTREAM_REQUEST_TIMEOUT)
-            return _local(LocalReply.text(504, UPSTREAM_TIMEOUT), decision, tuple(flags),
-                          attempts=retries)
-        cluster, endpoint, problem = _choose(ctx, decision, target, tried, policy)
-        if problem is not None or cluster is None or endpoint is None:
-            settle()
-            reply = problem or LocalReply.text(503, NO_HEALTHY_UPSTREAM,
-                                               Flag.NO_HEALTHY_UPSTREAM)
-            return _local(reply, decision, tuple(flags), cluster=cluster, attempts=retries)
-        if not cluster.limits.try_acquire():
-            settle()
-            flags.append(Flag.UPSTREAM_OVERFLOW)
-            return _local(LocalReply.text(503, UPSTREAM_OVERFLOW), decision, tuple(flags),
-                          cluster=cluster, attempts=retries)
-        if budgeted is None:
-            budgeted = cluster
-            cluster.budget.on_request()
-        per_try = _min(policy.per_try_timeout, remaining)
-        headers = _attempt_headers(decision, target, base_headers, per_try, req.grpc)
-        attempt = Attempt(
-            scheme=_scheme(cluster, req), address=endpoint.address, port=endpoint.port,
-            path=path, authority=authority, headers=headers, timeout=per_try,
-            connect_timeout=_min(cluster.limits.connect_timeout, per_try) or 10.0,
-            cluster=cluster.name, endpoint=endpoint)
-        cluster.balancer.started(endpoint)
-        result = yield Send(attempt)
-        assert result is not None
-        end_retry()
-        outcome = result.outcome
-        if cluster.outlier is not None:
-            cluster.outlier.record(endpoint, outcome)
-        wants_retry = policy.attempts > 0 and should_retry(
-            policy, outcome, grpc=req.grpc, request_replayable=ctx.replayable)
-        if wants_retry and retries < policy.attempts:
-            if _take_retry_slot(cluster):
-                holding_retry = cluster
-                _release(cluster, endpoint)
-                if result.response is not None:
-                    yield Discard(result.response)
-                tried.append(endpoint)
-                retries += 1
-                pause = backoff_delay(policy, retries, ctx.rng)
-                if deadline is not None:
-                    pause = min(pause, max(deadline - ctx.clock(), 0.0))
-                if pause > 0:
-                    yield Sleep(pause)
-                continue
-        elif wants_retry:
-            flags.append(Flag.UPSTREAM_RETRY_LIMIT_EXCEEDED)
-        return _finish(decision, req, target, cluster, endpoint, result, tuple(flags),
-                       attempts=retries + 1, on_done=settle)
+    in_flight: tuple[Cluster, Endpoint] | None = None  # the attempt the driver is sending
+    try:
+        while True:
+            remaining = None if deadline is None else deadline - ctx.clock()
+            if remaining is not None and remaining <= 0:
+                settle()
+                flags.append(Flag.UPSTREAM_REQUEST_TIMEOUT)
+                return _local(LocalReply.text(504, UPSTREAM_TIMEOUT), decision, tuple(flags),
+                              attempts=retries)
+            cluster, endpoint, problem = _choose(ctx, decision, target, tried, policy)
+            if problem is not None or cluster is None or endpoint is None:
+                settle()
+                reply = problem or LocalReply.text(503, NO_HEALTHY_UPSTREAM,
+                                                   Flag.NO_HEALTHY_UPSTREAM)
+                return _local(reply, decision, tuple(flags), cluster=cluster, attempts=retries)
+            if not cluster.limits.try_acquire():
+                settle()
+                flags.append(Flag.UPSTREAM_OVERFLOW)
+                return _local(LocalReply.text(503, UPSTREAM_OVERFLOW), decision, tuple(flags),
+                              cluster=cluster, attempts=retries)
+            if budgeted is None:
+                budgeted = cluster
+                cluster.budget.on_request()
+            per_try = _min(policy.per_try_timeout, remaining)
+            headers = _attempt_headers(decision, target, base_headers, per_try, req.grpc)
+            attempt = Attempt(
+                scheme=_scheme(cluster, req), address=endpoint.address, port=endpoint.port,
+                path=path, authority=authority, headers=headers, timeout=per_try,
+                connect_timeout=_min(cluster.limits.connect_timeout, per_try) or 10.0,
+                cluster=cluster.name, endpoint=endpoint)
+            cluster.balancer.started(endpoint)
+            in_flight = (cluster, endpoint)
+            result = yield Send(attempt)
+            in_flight = None
+            assert result is not None
+            end_retry()
+            outcome = result.outcome
+            if cluster.outlier is not None:
+                cluster.outlier.record(endpoint, outcome)
+            wants_retry = policy.attempts > 0 and should_retry(
+                policy, outcome, grpc=req.grpc, request_replayable=ctx.replayable)
+            if wants_retry and retries < policy.attempts:
+                if not _take_retry_slot(cluster):
+                    # Envoy's router: a retry refused by the budget or maxRetries is overflow
+                    flags.append(Flag.UPSTREAM_OVERFLOW)
+                else:
+                    holding_retry = cluster
+                    _release(cluster, endpoint)
+                    if result.response is not None:
+                        yield Discard(result.response)
+                    tried.append(endpoint)
+                    retries += 1
+                    pause = backoff_delay(policy, retries, ctx.rng)
+                    if deadline is not None:
+                        pause = min(pause, max(deadline - ctx.clock(), 0.0))
+                    if pause > 0:
+                        yield Sleep(pause)
+                    continue
+            elif wants_retry:
+                flags.append(Flag.UPSTREAM_RETRY_LIMIT_EXCEEDED)
+            return _finish(decision, req, target, cluster, endpoint, result, tuple(flags),
+                           attempts=retries + 1, on_done=settle)
+    except GeneratorExit:
+        # The driver abandoned the call (cancelled task, caller's exception): give back
+        # what this call holds, or the cluster would leak admission slots and load.
+        if in_flight is not None:
+            _release(*in_flight)
+        settle()
+        raise
 
 
 # --- pieces of the flow ------------------------------------------------------------------

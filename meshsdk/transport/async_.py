@@ -54,6 +54,9 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                 effect = flow.send(value)
         except StopIteration as stop:
             return self._response(stop.value, request)
+        except BaseException:
+            flow.close()  # cancelled or failed mid-call: the flow gives back what it holds
+            raise
 
     async def _send(self, effect: Send, request: httpx.Request) -> AttemptResult:
         attempt = effect.attempt
@@ -75,7 +78,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             result.release()
             return local_response(result.local_reply, request, info)
         upstream: httpx.Response = result.response
-        headers, extensions = response_head(result, upstream)
+        headers, extensions = response_head(result, upstream, info)
         return httpx.Response(upstream.status_code, headers=headers,
                               stream=AsyncReleasingStream(upstream, result.release),
                               request=request, extensions=extensions)

@@ -40,12 +40,46 @@ class CallInfo:
         return format_flags(self.flags)
 
 
-def replayable(request: httpx.Request) -> bool:
-    """A body we may send more than once: in memory and at most MAX_REPLAY_BYTES."""
+def header_value(items: list[tuple[str, str]], name: str) -> str | None:
+    """``httpx.Headers.get(name)`` over ``headers.multi_items()`` (lower-case ``name``):
+    repeated values joined with ``", "``, None when absent. Lets a driver read several
+    headers from one ``multi_items()`` pass instead of one list scan and decode each."""
+    values = [v for k, v in items if k == name]
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else ", ".join(values)
+
+
+def replayable(request: httpx.Request, items: list[tuple[str, str]] | None = None) -> bool:
+    """A body we may send more than once: in memory and at most MAX_REPLAY_BYTES.
+
+    ``items`` is ``request.headers.multi_items()`` when the caller already has it.
+    """
     if not isinstance(request.stream, httpx.ByteStream):
         return False
-    length = request.headers.get("content-length")
+    length = (request.headers.get("content-length") if items is None
+              else header_value(items, "content-length"))
     return length is None or (length.isdigit() and int(length) <= MAX_REPLAY_BYTES)
+
+
+_URL_CACHE_LIMIT = 1024
+_urls: dict[str, httpx.URL] = {}
+
+
+def _url(text: str) -> httpx.URL:
+    """``httpx.URL(text)``, parsed once per distinct URL.
+
+    Parsing and validating a URL is the largest single cost of building an upstream
+    request; ``httpx.URL`` is immutable, so equal strings can share one. Bounded:
+    cleared when full (paths with IDs in them are unbounded).
+    """
+    url = _urls.get(text)
+    if url is None:
+        url = httpx.URL(text)
+        if len(_urls) >= _URL_CACHE_LIMIT:
+            _urls.clear()
+        _urls[text] = url
+    return url
 
 
 def upstream_request(attempt: Attempt, request: httpx.Request,
@@ -53,17 +87,24 @@ def upstream_request(attempt: Attempt, request: httpx.Request,
     """The request for one attempt: endpoint URL, mesh-decided head, original body.
 
     ``address`` is the endpoint's resolved IP when it was given by name; the name
-    stays the TLS server name.
+    stays the TLS server name. A timeout the caller gave httpx (``timeout=``) still
+    applies: each of its parts caps the attempt's own.
     """
     t = attempt.timeout
-    extensions: dict[str, Any] = {
-        "timeout": {"connect": attempt.connect_timeout, "read": t, "write": t, "pool": t}}
+    timeout = {"connect": attempt.connect_timeout, "read": t, "write": t, "pool": t}
+    given = request.extensions.get("timeout")
+    if given:
+        for key, value in given.items():
+            if value is not None and key in timeout:
+                mine = timeout[key]
+                timeout[key] = value if mine is None else min(mine, value)
+    extensions: dict[str, Any] = {"timeout": timeout}
     url = attempt.url
     if address is not None and address != attempt.address:
         url = attempt.with_address(address).url
         extensions["sni_hostname"] = attempt.address
     headers = [("host", attempt.authority), *attempt.headers]
-    return httpx.Request(request.method, url, headers=headers, stream=request.stream,
+    return httpx.Request(request.method, _url(url), headers=headers, stream=request.stream,
                          extensions=extensions)
 
 
@@ -89,7 +130,9 @@ SEND_ERRORS = (httpx.TransportError,)
 
 
 def classify_response(response: httpx.Response) -> AttemptResult:
-    grpc = response.headers.get("grpc-status")
+    # get_list, not get: Headers.get raises and catches KeyError when the header is
+    # absent, the common case
+    grpc = ", ".join(response.headers.get_list("grpc-status"))
     return AttemptResult(Outcome(status=response.status_code,
                                  grpc_status=int(grpc) if grpc and grpc.isdigit() else None),
                          response)
@@ -106,29 +149,54 @@ def local_response(reply: LocalReply, request: httpx.Request, info: CallInfo) ->
                           request=request, extensions={EXTENSION: info})
 
 
-def response_head(result: CallResult, upstream: httpx.Response
-                  ) -> tuple[list[tuple[str, str]], dict[str, Any]]:
-    headers = upstream.headers.multi_items()
+def response_head(result: CallResult, upstream: httpx.Response, info: CallInfo | None = None
+                  ) -> tuple[httpx.Headers, dict[str, Any]]:
+    """The caller's response head: the upstream's headers (names lower-case, as Envoy
+    forwards them) after the route's response operations and CORS, and the upstream's
+    extensions plus :data:`EXTENSION`."""
+    source = upstream.headers
+    headers: httpx.Headers | None = None
     if result.response_headers is not None:
-        headers = result.response_headers(headers)
+        items = source.multi_items()
+        before = list(items)
+        after = result.response_headers(items)
+        if after != before:  # re-encoded as the upstream's header bytes were decoded
+            headers = httpx.Headers(after, encoding=source.encoding)
+    if headers is None:  # unchanged: copy the bytes, no decode and re-encode
+        headers = httpx.Headers([(k.lower(), v) for k, v in source.raw],
+                                encoding=source.encoding)
     extensions = dict(upstream.extensions)
-    extensions[EXTENSION] = call_info(result)
+    extensions[EXTENSION] = info if info is not None else call_info(result)
     return headers, extensions
 
 
 class ReleasingStream(httpx.SyncByteStream):
-    """The upstream body, passed through unbuffered; closing it frees the call's slot."""
+    """The upstream body, passed through unbuffered; closing it frees the call's slot.
+
+    It reads the upstream response's byte stream itself rather than through
+    ``inner.iter_raw()``: that response is the mesh's own, and the caller's response
+    already does the bookkeeping (chunking, request context, closed flags) once.
+    """
 
     def __init__(self, inner: httpx.Response, release: Callable[[], None]) -> None:
         self._inner = inner
         self._release = release
+        self._closed = False
 
     def __iter__(self) -> Iterator[bytes]:
-        yield from self._inner.iter_raw()
+        stream = self._inner.stream
+        if not isinstance(stream, httpx.SyncByteStream):
+            raise RuntimeError("Attempted to call a sync iterator on an async stream.")
+        yield from stream
 
     def close(self) -> None:
         try:
-            self._inner.close()
+            if not self._closed:
+                self._closed = True
+                stream = self._inner.stream
+                if not isinstance(stream, httpx.SyncByteStream):
+                    raise RuntimeError("Attempted to call an sync close on an async stream.")
+                stream.close()
         finally:
             self._release()
 
@@ -139,13 +207,22 @@ class AsyncReleasingStream(httpx.AsyncByteStream):
     def __init__(self, inner: httpx.Response, release: Callable[[], None]) -> None:
         self._inner = inner
         self._release = release
+        self._closed = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._inner.aiter_raw():
+        stream = self._inner.stream
+        if not isinstance(stream, httpx.AsyncByteStream):
+            raise RuntimeError("Attempted to call an async iterator on an sync stream.")
+        async for chunk in stream:
             yield chunk
 
     async def aclose(self) -> None:
         try:
-            await self._inner.aclose()
+            if not self._closed:
+                self._closed = True
+                stream = self._inner.stream
+                if not isinstance(stream, httpx.AsyncByteStream):
+                    raise RuntimeError("Attempted to call an async close on an sync stream.")
+                await stream.aclose()
         finally:
             self._release()
