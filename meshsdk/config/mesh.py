@@ -26,6 +26,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field
 
 from meshsdk.config.diagnostics import Finding, Path
+from meshsdk.config.kinds.destination_rule import LocalityLoadBalancerSetting
 from meshsdk.config.types import (
     Duration,
     IstioModel,
@@ -80,23 +81,8 @@ class MeshHttpRetry(IstioModel):
     backoff: Duration | None = None
 
 
-class LocalityDistribute(IstioModel):
-    from_: str = Field(default="", alias="from")
-    to: dict[str, int] = Field(default_factory=dict)
-
-
-class LocalityFailover(IstioModel):
-    from_: str = Field(default="", alias="from")
-    to: str = ""
-
-
-class LocalityLbSetting(IstioModel):
-    """``localityLbSetting``: weighted distribution or failover between localities."""
-
-    distribute: list[LocalityDistribute] = Field(default_factory=list)
-    failover: list[LocalityFailover] = Field(default_factory=list)
-    failover_priority: list[str] = Field(default_factory=list)
-    enabled: bool | None = None
+# MeshConfig's localityLbSetting is the same message as a DestinationRule's.
+LocalityLbSetting = LocalityLoadBalancerSetting
 
 
 # --- extension providers -----------------------------------------------------------------
