@@ -34,6 +34,7 @@ test: lint typecheck pytest
 
 bench: dev
 	$(PY) bench/config_load.py
+	$(PY) bench/sdk_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

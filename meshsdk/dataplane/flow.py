@@ -41,7 +41,7 @@ from meshsdk.outcome import (
 )
 from meshsdk.resilience.balancer import hash_key, locality_preference
 from meshsdk.resilience.fault import decide_fault
-from meshsdk.resilience.retry import backoff_delay, retry_policy, should_retry
+from meshsdk.resilience.retry import backoff_delay, cached_retry_policy, should_retry
 from meshsdk.routing.cors import cors_response_headers
 from meshsdk.routing.request import RequestView
 from meshsdk.routing.rewrite import (
@@ -202,7 +202,7 @@ def call_flow(ctx: CallContext) -> Generator[Effect, AttemptResult | None, CallR
     first_policy = (ctx.view.policy(target.fqdn, target.subset, first_port)
                     if target is not None else None)
     lb = getattr(first_policy, "load_balancer", None)
-    policy = retry_policy(route.retries if route is not None else None, ctx.mesh,
+    policy = cached_retry_policy(route.retries if route is not None else None, ctx.mesh,
                           consistent_hash=lb is not None and lb.consistent_hash is not None)
     deadline = _deadline(ctx, route.timeout if route is not None else None)
     tried: list[Endpoint] = []

@@ -208,3 +208,27 @@ def backoff_delay(policy: RetryPolicy, retry_number: int, rng: random.Random) ->
     if n <= 64:
         ceiling = min(policy.backoff_base * (1 << (n - 1)), policy.backoff_max)
     return rng.random() * ceiling
+
+
+_POLICY_MEMO: dict[tuple[int, int, bool], tuple[object, object, RetryPolicy]] = {}
+_POLICY_MEMO_LIMIT = 4096
+
+
+def cached_retry_policy(retries: HTTPRetry | None, mesh: MeshConfig, *,
+                        consistent_hash: bool = False) -> RetryPolicy:
+    """:func:`retry_policy`, memoised on the (immutable) config objects.
+
+    It runs on every call; parsing ``retryOn`` again each time was a measurable part
+    of the per-call cost. Entries hold the objects they were built from, so an id is
+    never confused with a later object's.
+    """
+    key = (id(retries), id(mesh), consistent_hash)
+    hit = _POLICY_MEMO.get(key)
+    if hit is not None and hit[0] is retries and hit[1] is mesh:
+        return hit[2]
+    policy = retry_policy(retries, mesh, consistent_hash=consistent_hash)
+    if len(_POLICY_MEMO) >= _POLICY_MEMO_LIMIT:
+        _POLICY_MEMO.clear()
+    _POLICY_MEMO[key] = (retries, mesh, policy)
+    return policy
+

@@ -16,10 +16,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 
+@lru_cache(maxsize=4096)
 def is_address(host: str) -> bool:
-    """True for an IP literal (no lookup needed)."""
+    """True for an IP literal (no lookup needed); cached, as it runs on every attempt."""
     try:
         ipaddress.ip_address(host)
     except ValueError:

@@ -1,0 +1,469 @@
+"""Benchmark: what the mesh adds to an HTTP call, against a real upstream (nginx).
+
+    python bench/sdk_overhead.py                        # 5,000 GETs per variant
+    python bench/sdk_overhead.py --calls 2000 --blocks 4 --profile
+
+The upstream is Debian's ``nginx-light`` started as a child process on 127.0.0.1
+(a generated ``nginx.conf`` in a temporary prefix) answering ``200 ok`` to every
+request over keep-alive connections. Four variants make sequential GETs to it:
+
+* ``httpx.Client()`` to ``http://127.0.0.1:PORT/`` (bare);
+* ``mesh.client()`` to ``http://svc:8080/``, where the mesh config has a
+  ServiceEntry whose two endpoints (labels ``version: v1`` / ``v2``) are that
+  nginx, a DestinationRule with two subsets, ``LEAST_REQUEST`` and outlier
+  detection, and a VirtualService with a header-match route, an 80/20 split over
+  the subsets, a timeout and an explicit retry policy (telemetry: none exists);
+* ``httpx.AsyncClient()`` and ``mesh.async_client()``, the same with sequential
+  awaits on one event loop.
+
+Calls are interleaved in blocks (every variant runs ``calls / blocks`` calls per
+block, the order rotating each block) after a warm-up, so drift on a shared
+machine hits every variant alike. Each call is timed with ``time.perf_counter_ns``;
+CPU time is ``time.process_time`` over each block (this process only: nginx is
+not counted). ``--profile`` adds a cProfile of the sync mesh client.
+
+Not a test (pytest only collects ``tests/``). Exit status: 0, or 1 with
+``--strict`` when a target is missed, 2 when the upstream cannot be set up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import io
+import math
+import os
+import platform
+import pstats
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(REPO_ROOT))
+
+from meshsdk.mesh import Mesh  # noqa: E402
+from meshsdk.testing.builders import config_from_yaml, service_entry  # noqa: E402
+from meshsdk.transport.common import EXTENSION  # noqa: E402
+from meshsdk.workload import Workload  # noqa: E402
+
+TARGET_P50_RATIO = 1.10
+NGINX = "/usr/sbin/nginx"
+BODY = b"ok\n"
+MESH_URL = "http://svc:8080/"
+START_TIMEOUT_S = 10.0
+INSTALL_TIMEOUT_S = 600.0
+
+
+# --- the upstream -----------------------------------------------------------------------
+
+
+def find_nginx() -> str | None:
+    """nginx's path, installing Debian's ``nginx-light`` first when we are root."""
+    found = NGINX if os.path.exists(NGINX) else shutil.which("nginx")
+    if found:
+        return found
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return None
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "nginx-light"]
+    print("nginx not found: apt-get install -y nginx-light", file=sys.stderr)
+    try:
+        if subprocess.run(install, env=env, timeout=INSTALL_TIMEOUT_S,
+                          stdout=subprocess.DEVNULL).returncode != 0:
+            print("install failed: apt-get update, then again", file=sys.stderr)
+            subprocess.run(["apt-get", "update"], env=env, timeout=INSTALL_TIMEOUT_S,
+                           stdout=subprocess.DEVNULL, check=False)
+            subprocess.run(install, env=env, timeout=INSTALL_TIMEOUT_S,
+                           stdout=subprocess.DEVNULL, check=False)
+    except subprocess.TimeoutExpired:
+        print("apt-get took too long", file=sys.stderr)
+    return NGINX if os.path.exists(NGINX) else shutil.which("nginx")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def nginx_conf(prefix: Path, port: int) -> str:
+    # Every path nginx writes is inside the prefix, so it runs as any user.
+    temp = " ".join(f"{kind}_temp_path {prefix / kind};"
+                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return (
+        f"daemon off;\nworker_processes 1;\nerror_log {prefix / 'error.log'};\n"
+        f"pid {prefix / 'nginx.pid'};\nevents {{}}\n"
+        f"http {{\n  access_log off;\n  keepalive_requests 100000000;\n"
+        f"  keepalive_timeout 600s;\n  {temp}\n"
+        f"  server {{\n    listen 127.0.0.1:{port};\n"
+        f"    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n")
+
+
+def wait_until_answering(proc: subprocess.Popen[bytes], port: int) -> str | None:
+    """None once ``GET /`` answers ``200 ok``; else what went wrong. Bounded in time."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    with httpx.Client(timeout=1.0) as probe:
+        for _ in range(int(START_TIMEOUT_S / 0.05) + 1):
+            if proc.poll() is not None:
+                return f"nginx exited with status {proc.returncode}"
+            try:
+                r = probe.get(f"http://127.0.0.1:{port}/")
+                if r.status_code == 200 and r.content == BODY:
+                    return None
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    return f"nginx did not answer on 127.0.0.1:{port} within {START_TIMEOUT_S:g} s"
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the master by PID (it stops its worker), SIGKILL if it lingers."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+# --- the mesh ---------------------------------------------------------------------------
+
+
+def mesh_config_yaml(port: int) -> list[str]:
+    """ServiceEntry (two endpoints, both the nginx), DestinationRule, VirtualService."""
+    se = service_entry("svc", [(port, {"version": "v1"}), (port, {"version": "v2"})],
+                       port=8080)
+    dr = """\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: svc, namespace: default}
+spec:
+  host: svc
+  trafficPolicy:
+    loadBalancer: {simple: LEAST_REQUEST}
+    outlierDetection: {consecutive5xxErrors: 5, interval: 10s, baseEjectionTime: 30s,
+                       maxEjectionPercent: 100}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+"""
+    vs = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: svc, namespace: default}
+spec:
+  hosts: [svc]
+  http:
+  - name: canary
+    match: [{headers: {x-canary: {exact: "true"}}}]
+    route: [{destination: {host: svc, subset: v2}}]
+  - name: split
+    route:
+    - {destination: {host: svc, subset: v1}, weight: 80}
+    - {destination: {host: svc, subset: v2}, weight: 20}
+    timeout: 10s
+    retries: {attempts: 2, perTryTimeout: 5s, retryOn: "5xx,connect-failure,reset"}
+"""
+    return [se, dr, vs]
+
+
+def make_mesh(port: int) -> Mesh:
+    config = config_from_yaml(*mesh_config_yaml(port))
+    return Mesh(config, Workload(name="bench", namespace="default", labels={"app": "bench"}))
+
+
+# --- measuring ----------------------------------------------------------------------------
+
+
+@dataclass
+class Variant:
+    name: str
+    is_async: bool
+    url: str
+    client: Any
+    samples: list[int] = field(default_factory=list)     # ns per call
+    block_p50: list[float] = field(default_factory=list)  # us, one per block
+    cpu: float = 0.0                                      # process_time seconds
+    errors: int = 0
+
+
+def sync_calls(v: Variant, n: int, out: list[int]) -> None:
+    get, url, clock = v.client.get, v.url, time.perf_counter_ns
+    for _ in range(n):
+        t0 = clock()
+        r = get(url)
+        out.append(clock() - t0)
+        if r.status_code != 200 or r.content != BODY:
+            v.errors += 1
+
+
+async def async_calls(v: Variant, n: int, out: list[int]) -> None:
+    get, url, clock = v.client.get, v.url, time.perf_counter_ns
+    for _ in range(n):
+        t0 = clock()
+        r = await get(url)
+        out.append(clock() - t0)
+        if r.status_code != 200 or r.content != BODY:
+            v.errors += 1
+
+
+def run_block(v: Variant, n: int, runner: asyncio.Runner) -> list[int]:
+    out: list[int] = []
+    gc.collect()
+    c0 = time.process_time()
+    if v.is_async:
+        runner.run(async_calls(v, n, out))
+    else:
+        sync_calls(v, n, out)
+    v.cpu += time.process_time() - c0
+    return out
+
+
+def percentile(sorted_ns: Sequence[int], q: float) -> float:
+    """Nearest-rank percentile, in microseconds."""
+    k = min(len(sorted_ns) - 1, max(0, math.ceil(q / 100 * len(sorted_ns)) - 1))
+    return sorted_ns[k] / 1000
+
+
+def check_mesh_routing(v: Variant, runner: asyncio.Runner) -> str | None:
+    """The mesh variant really goes through the split route to both subsets."""
+    clusters: set[str] = set()
+
+    async def one() -> httpx.Response:
+        r: httpx.Response = await v.client.get(v.url)
+        return r
+
+    for _ in range(200):
+        r = runner.run(one()) if v.is_async else v.client.get(v.url)
+        info = r.extensions.get(EXTENSION)
+        if r.status_code != 200 or info is None or info.route != "split" or info.flags:
+            return f"{v.name}: unexpected answer {r.status_code} {info}"
+        if info.cluster:
+            clusters.add(info.cluster)
+    if len(clusters) != 2:
+        return f"{v.name}: expected traffic to both subsets, saw {sorted(clusters)}"
+    return None
+
+
+def profile_sync_mesh(v: Variant, calls: int, top: int) -> str:
+    prof = cProfile.Profile()
+    get, url = v.client.get, v.url
+    prof.enable()
+    for _ in range(calls):
+        get(url)
+    prof.disable()
+    buf = io.StringIO()
+    stats = pstats.Stats(prof, stream=buf)
+    stats.sort_stats("tottime").print_stats(top)
+    # the mesh's own functions, per call (profiler overhead included)
+    own: list[tuple[float, float, str]] = []
+    raw: dict[tuple[str, int, str], Any] = stats.stats  # type: ignore[attr-defined]
+    for (filename, line, name), (_cc, _nc, tt, ct, _callers) in raw.items():
+        if f"{os.sep}meshsdk{os.sep}" in filename:
+            rel = filename.split(f"{os.sep}meshsdk{os.sep}", 1)[1]
+            own.append((tt, ct, f"meshsdk/{rel}:{line}({name})"))
+    own.sort(reverse=True)
+    total_own = sum(tt for tt, _, _ in own)
+    buf.write(f"meshsdk's own functions: {total_own / calls * 1e6:.1f} us/call of "
+              f"{sum(s[2] for s in raw.values()) / calls * 1e6:.1f} us/call profiled "
+              "(tottime; cumtime includes callees)\n")
+    for tt, ct, label in own[:top]:
+        buf.write(f"  {tt / calls * 1e6:7.2f} us  cum {ct / calls * 1e6:7.2f} us  {label}\n")
+    return buf.getvalue()
+
+
+class _InMemory(httpx.BaseTransport):
+    """An upstream without a network: nginx's answer, built in memory."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers=[(b"Server", b"nginx"), (b"Content-Type", b"text/plain"),
+                                            (b"Content-Length", b"3")],
+                              stream=httpx.ByteStream(BODY))
+
+
+def in_memory_cost(mesh: Mesh, calls: int = 300, runs: int = 20) -> tuple[float, float]:
+    """CPU us per call of a bare and a mesh client over an in-memory upstream, best of
+    ``runs`` interleaved runs: the SDK's own cost with no network noise."""
+    bare = httpx.Client(transport=_InMemory())
+    meshed = httpx.Client(transport=mesh.transport(_InMemory()), timeout=None)
+    best = [float("inf"), float("inf")]
+    try:
+        for _ in range(runs):
+            for i, (client, url) in enumerate(((bare, "http://127.0.0.1:1/"),
+                                               (meshed, MESH_URL))):
+                c0 = time.process_time()
+                for _ in range(calls):
+                    client.get(url)
+                best[i] = min(best[i], (time.process_time() - c0) / calls * 1e6)
+    finally:
+        bare.close()
+        meshed.close()
+    return best[0], best[1]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=5000,
+                        help="measured calls per variant (default 5000)")
+    parser.add_argument("--blocks", type=int, default=10,
+                        help="interleaved blocks the calls are split into (default 10)")
+    parser.add_argument("--warmup", type=int, default=300, help="calls per variant first")
+    parser.add_argument("--max-seconds", type=float, default=900.0,
+                        help="stop after the block running at this time (default 900)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also cProfile the sync mesh client; print the top 15 by tottime")
+    parser.add_argument("--profile-calls", type=int, default=3000)
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = parser.parse_args(argv)
+    if args.blocks < 1 or args.calls < args.blocks or args.warmup < 0:
+        parser.error("need --blocks >= 1, --calls >= --blocks and --warmup >= 0")
+
+    nginx = find_nginx()
+    if nginx is None:
+        print("nginx is not installed. Install Debian's nginx-light:\n"
+              "    sudo apt-get install -y nginx-light\n"
+              "(run this benchmark as root and it installs it itself).", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="meshsdk-nginx-") as tmp:
+        prefix = Path(tmp)
+        port = free_port()
+        conf = prefix / "nginx.conf"
+        conf.write_text(nginx_conf(prefix, port))
+        proc = subprocess.Popen([nginx, "-p", str(prefix), "-c", str(conf),
+                                 "-e", str(prefix / "error.log")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            problem = wait_until_answering(proc, port)
+            if problem is not None:
+                log = prefix / "error.log"
+                print(problem, file=sys.stderr)
+                if log.exists():
+                    print(log.read_text()[-2000:], file=sys.stderr)
+                return 2
+            return measure(args, nginx, port)
+        finally:
+            stop(proc)
+
+
+def measure(args: argparse.Namespace, nginx: str, port: int) -> int:
+    mesh = make_mesh(port)
+    bare_url = f"http://127.0.0.1:{port}/"
+    variants = [
+        Variant("httpx.Client()", False, bare_url, httpx.Client()),
+        Variant("mesh.client()", False, MESH_URL, mesh.client()),
+        Variant("httpx.AsyncClient()", True, bare_url, httpx.AsyncClient()),
+        Variant("mesh.async_client()", True, MESH_URL, mesh.async_client()),
+    ]
+    per_block = args.calls // args.blocks
+    started = time.monotonic()
+    done_blocks = 0
+    with asyncio.Runner() as runner:
+        try:
+            for v in variants[1::2]:
+                problem = check_mesh_routing(v, runner)
+                if problem is not None:
+                    print(problem, file=sys.stderr)
+                    return 2
+            for v in variants:
+                run_block(v, args.warmup, runner)
+                v.cpu, v.errors = 0.0, 0
+            for b in range(args.blocks):
+                order = variants[b % len(variants):] + variants[:b % len(variants)]
+                for v in order:
+                    out = run_block(v, per_block, runner)
+                    v.samples.extend(out)
+                    v.block_p50.append(percentile(sorted(out), 50))
+                done_blocks += 1
+                if time.monotonic() - started > args.max_seconds:
+                    print(f"time limit: stopped after {done_blocks} of {args.blocks} blocks",
+                          file=sys.stderr)
+                    break
+            profile = ""
+            if args.profile:
+                bare_us, mesh_us = in_memory_cost(mesh)
+                profile = (f"in-memory upstream (no network), CPU per call, best of 20 x 300: "
+                           f"bare {bare_us:.1f} us, mesh {mesh_us:.1f} us, the mesh adds "
+                           f"{mesh_us - bare_us:.1f} us\n\n")
+                profile += profile_sync_mesh(variants[1], args.profile_calls, 15)
+        finally:
+            for v in variants:
+                if v.is_async:
+                    runner.run(v.client.aclose())
+                else:
+                    v.client.close()
+            mesh.close()
+
+    report(variants, done_blocks, per_block, args, nginx)
+    if profile:
+        print(f"\n--profile: the mesh's own cost, then cProfile of mesh.client() to nginx, "
+              f"{args.profile_calls} calls, top 15 by tottime (the profiler inflates times):")
+        print(profile)
+    failed = any(v.errors for v in variants) or bool(_missed(variants))
+    return 1 if failed and args.strict else 0
+
+
+def _stats(v: Variant) -> tuple[float, float, float, float]:
+    s = sorted(v.samples)
+    mean = sum(s) / len(s) / 1000
+    return percentile(s, 50), percentile(s, 99), mean, v.cpu / len(s) * 1e6
+
+
+def _missed(variants: list[Variant]) -> list[str]:
+    out = []
+    for bare, mesh in (variants[0:2], variants[2:4]):
+        if _stats(mesh)[0] / _stats(bare)[0] > TARGET_P50_RATIO:
+            out.append(mesh.name)
+    return out
+
+
+def report(variants: list[Variant], blocks: int, per_block: int, args: argparse.Namespace,
+           nginx: str) -> None:
+    version = subprocess.run([nginx, "-v"], capture_output=True, text=True, timeout=10,
+                             check=False).stderr.strip().removeprefix("nginx version: ")
+    print(f"meshsdk SDK overhead: {blocks} blocks x {per_block} sequential GETs per variant "
+          f"(interleaved, after {args.warmup} warm-up calls each)")
+    print(f"  upstream {version} on 127.0.0.1, keep-alive; Python "
+          f"{platform.python_version()}, httpx {httpx.__version__}, {os.cpu_count()} CPUs, "
+          f"{time.strftime('%Y-%m-%d')}")
+    print("  mesh: split 80/20 over 2 subsets, header-match route, retries, timeout, "
+          "LEAST_REQUEST, outlier detection; no telemetry\n")
+    print(f"{'variant':<22} {'p50 us':>8} {'p99 us':>8} {'mean us':>8} {'CPU us/call':>12}"
+          f" {'errors':>6}")
+    for v in variants:
+        p50, p99, mean, cpu = _stats(v)
+        print(f"{v.name:<22} {p50:>8.1f} {p99:>8.1f} {mean:>8.1f} {cpu:>12.1f} {v.errors:>6}")
+    print()
+    print(f"{'mesh / bare':<8} {'p50':>7} {'p50 per block':>15} {'CPU':>7} {'+p50 us':>8} "
+          f"{'+CPU us':>8}  {'target':<14} result")
+    for label, (bare, mesh) in (("sync", variants[0:2]), ("async", variants[2:4])):
+        b, m = _stats(bare), _stats(mesh)
+        ratios = sorted(mp / bp for mp, bp in zip(mesh.block_p50, bare.block_p50, strict=True))
+        p50_ratio = m[0] / b[0]
+        verdict = "PASS" if p50_ratio <= TARGET_P50_RATIO else "MISS"
+        spread = f"{ratios[0]:.2f}-{ratios[-1]:.2f}"
+        print(f"{label:<8} {p50_ratio:>6.2f}x {spread:>15} {m[3] / b[3]:>6.2f}x "
+              f"{m[0] - b[0]:>+8.1f} {m[3] - b[3]:>+8.1f}  p50 <= {TARGET_P50_RATIO:.2f}x  "
+              f"{verdict}")
+    if any(v.errors for v in variants):
+        print("\nERRORS: some calls did not answer 200 ok; the numbers above are suspect.")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
