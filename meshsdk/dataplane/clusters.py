@@ -93,13 +93,15 @@ class ClusterRegistry:
     def __init__(self, clock: Callable[[], float], rng: random.Random) -> None:
         self._clock = clock
         self._rng = rng
-        self._clusters: dict[ClusterKey, Cluster] = {}
+        # keyed by the plain (fqdn, subset, port) tuple: hashing a ClusterKey (a frozen
+        # dataclass) on every call cost more than the lookup itself
+        self._clusters: dict[tuple[str, str | None, int | None], Cluster] = {}
         self._lock = threading.Lock()
 
     def get(self, snapshot: Snapshot, view: ClientView, fqdn: str, subset: str | None,
             port: int | None) -> Cluster | None:
         """The cluster for a destination, or None when its subset is not defined (NC)."""
-        key = ClusterKey(fqdn, subset, port)
+        key = (fqdn, subset, port)
         cluster = self._clusters.get(key)
         if cluster is not None and cluster.snapshot is snapshot:
             return cluster
@@ -121,7 +123,7 @@ class ClusterRegistry:
         with self._lock:
             cluster = self._clusters.get(key)
             if cluster is None:
-                cluster = Cluster(key, self._clock, self._rng,
+                cluster = Cluster(ClusterKey(fqdn, subset, port), self._clock, self._rng,
                                   connect_timeout=snapshot.mesh.connect_timeout)
                 self._clusters[key] = cluster
             cluster.refresh(snapshot, service, policy, endpoints)
@@ -129,13 +131,13 @@ class ClusterRegistry:
 
     def passthrough(self, snapshot: Snapshot, host: str, port: int) -> Cluster:
         """A one-endpoint cluster for an unknown host under ALLOW_ANY."""
-        key = ClusterKey(f"{PASSTHROUGH}|{host}", None, port)
+        key = (f"{PASSTHROUGH}|{host}", None, port)
         cluster = self._clusters.get(key)
         if cluster is None or cluster.snapshot is not snapshot:
             with self._lock:
                 cluster = self._clusters.get(key)
                 if cluster is None:
-                    cluster = Cluster(key, self._clock, self._rng)
+                    cluster = Cluster(ClusterKey(*key), self._clock, self._rng)
                     cluster.name = PASSTHROUGH
                     self._clusters[key] = cluster
                 cluster.refresh(snapshot, None, None, (Endpoint(host, port),))

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from meshsdk.config.hosts import expand_host, split_host_port
+from meshsdk.config.kinds.virtual_service import HeaderOperations
 from meshsdk.config.mesh import MeshConfig
 from meshsdk.config.snapshot import ClientView, Endpoint, Snapshot
 from meshsdk.dataplane.clusters import Cluster, ClusterRegistry
@@ -41,7 +42,12 @@ from meshsdk.outcome import (
 )
 from meshsdk.resilience.balancer import hash_key, locality_preference
 from meshsdk.resilience.fault import decide_fault
-from meshsdk.resilience.retry import backoff_delay, cached_retry_policy, should_retry
+from meshsdk.resilience.retry import (
+    RetryPolicy,
+    backoff_delay,
+    cached_retry_policy,
+    should_retry,
+)
 from meshsdk.routing.cors import cors_response_headers
 from meshsdk.routing.request import RequestView
 from meshsdk.routing.rewrite import (
@@ -85,6 +91,36 @@ class Attempt:
     def with_address(self, address: str) -> Attempt:
         """The same attempt aimed at a resolved address (the driver's DNS step)."""
         return replace(self, address=address)
+
+
+def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Callable[[Any, Any], None], ...]:
+    return tuple(getattr(cls, name).__set__ for name in names)
+
+
+(_a_scheme, _a_address, _a_port, _a_path, _a_authority, _a_headers, _a_timeout,
+ _a_connect_timeout, _a_cluster, _a_endpoint) = _slot_setters(
+    Attempt, ("scheme", "address", "port", "path", "authority", "headers", "timeout",
+              "connect_timeout", "cluster", "endpoint"))
+
+
+def _attempt(scheme: str, address: str, port: int, path: str, authority: str,
+             headers: tuple[tuple[str, str], ...], timeout: float | None,
+             connect_timeout: float, cluster: str, endpoint: Endpoint | None) -> Attempt:
+    """``Attempt(...)`` without the frozen dataclass's ``__init__`` (ten
+    ``object.__setattr__`` calls through a generic path, the costlier part of building
+    one per call): the same slots set through their descriptors, the same frozen object."""
+    a: Attempt = object.__new__(Attempt)
+    _a_scheme(a, scheme)
+    _a_address(a, address)
+    _a_port(a, port)
+    _a_path(a, path)
+    _a_authority(a, authority)
+    _a_headers(a, headers)
+    _a_timeout(a, timeout)
+    _a_connect_timeout(a, connect_timeout)
+    _a_cluster(a, cluster)
+    _a_endpoint(a, endpoint)
+    return a
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +206,108 @@ class CallContext:
 # --- the flow -----------------------------------------------------------------------------
 
 
+class _Plan:
+    """What a call needs that depends only on the configuration: computed once per
+    (decision, target, client view, mesh config, request port) and shared by every call
+    with the same ones. Entries hold the objects they were built from and are checked
+    by identity, so an id is never confused with a later object's (as in
+    :func:`~meshsdk.resilience.retry.cached_retry_policy`)."""
+
+    __slots__ = (
+        "decision",
+        "mesh",
+        "mirrors",
+        "policy",
+        "port",
+        "request_ops",
+        "response_work",
+        "target",
+        "view",
+    )
+
+    decision: RouteDecision
+    target: Target | None
+    view: ClientView
+    mesh: MeshConfig
+    port: int | None               # the target's service port (_target_port)
+    policy: RetryPolicy
+    request_ops: tuple[HeaderOperations, ...]
+    response_work: bool            # response header operations or CORS apply
+    mirrors: bool                  # the route mirrors (mirror or mirrors[])
+
+
+_PLAN_LIMIT = 1024
+_plans: dict[tuple[int, int, int, int, int | None], _Plan] = {}
+
+
+def _plan(ctx: CallContext, decision: RouteDecision, target: Target | None) -> _Plan:
+    view = ctx.view
+    mesh = ctx.mesh
+    req_port = ctx.request.port
+    key = (id(decision), id(target), id(view), id(mesh), req_port)
+    plan = _plans.get(key)
+    if (plan is not None and plan.decision is decision and plan.target is target
+            and plan.view is view and plan.mesh is mesh):
+        return plan
+    route = decision.route
+    plan = _Plan()
+    plan.decision, plan.target, plan.view, plan.mesh = decision, target, view, mesh
+    plan.port = _target_port(ctx, target) if target is not None else None
+    first_policy = (view.policy(target.fqdn, target.subset, plan.port)
+                    if target is not None else None)
+    lb = getattr(first_policy, "load_balancer", None)
+    plan.policy = cached_retry_policy(
+        route.retries if route is not None else None, mesh,
+        consistent_hash=lb is not None and lb.consistent_hash is not None)
+    if target is not None:
+        plan.request_ops = tuple(request_header_operations(decision, target))
+        response_ops = response_header_operations(decision, target)
+    else:
+        plan.request_ops = ()
+        response_ops = []
+    plan.response_work = bool(response_ops) or decision.cors is not None
+    plan.mirrors = route is not None and (route.mirror is not None or bool(route.mirrors))
+    if len(_plans) >= _PLAN_LIMIT:
+        _plans.clear()
+    _plans[key] = plan
+    return plan
+
+
+class _CallState:
+    """The bookkeeping of one call that outlives an attempt: the retry slot held,
+    the budget counting the request, and the answered attempt's admission slot and
+    balancer load (given back once, by :meth:`release`)."""
+
+    __slots__ = ("budgeted", "cluster", "endpoint", "holding_retry", "released")
+
+    def __init__(self) -> None:
+        self.holding_retry: Cluster | None = None  # retry slot (budget, maxRetries) in flight
+        self.budgeted: Cluster | None = None       # the cluster whose budget counts the request
+        self.cluster: Cluster | None = None        # the answered attempt's, for release
+        self.endpoint: Endpoint | None = None
+        self.released = False
+
+    def end_retry(self) -> None:
+        holding = self.holding_retry
+        if holding is not None:
+            holding.budget.on_retry_done()
+            if holding.policy is None or holding.policy.retry_budget is None:
+                holding.limits.release_retry()
+            self.holding_retry = None
+
+    def settle(self) -> None:
+        self.end_retry()
+        if self.budgeted is not None:
+            self.budgeted.budget.on_request_done()
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            assert self.cluster is not None and self.endpoint is not None
+            _release(self.cluster, self.endpoint)
+            self.settle()
+
+
 def call_flow(ctx: CallContext) -> Generator[Effect, AttemptResult | None, CallResult]:
     """Decide and drive one outbound call; see the module docstring."""
     req = ctx.request
@@ -192,73 +330,56 @@ def call_flow(ctx: CallContext) -> Generator[Effect, AttemptResult | None, CallR
     if target is None and not decision.passthrough:
         return _local(LocalReply.text(503, NO_HEALTHY_UPSTREAM, Flag.NO_HEALTHY_UPSTREAM),
                       decision, tuple(flags))
+    plan = _plan(ctx, decision, target)
     path, new_authority = rewrite_request(decision, req, target)
     authority = new_authority or req.authority
     base_headers = _forward_headers(req)
 
-    yield from _mirrors(ctx, decision, path, authority, base_headers)
+    if plan.mirrors:
+        yield from _mirrors(ctx, decision, path, authority, base_headers)
 
-    first_port = _target_port(ctx, target) if target is not None else None
-    first_policy = (ctx.view.policy(target.fqdn, target.subset, first_port)
-                    if target is not None else None)
-    lb = getattr(first_policy, "load_balancer", None)
-    policy = cached_retry_policy(route.retries if route is not None else None, ctx.mesh,
-                          consistent_hash=lb is not None and lb.consistent_hash is not None)
+    policy = plan.policy
     deadline = _deadline(ctx, route.timeout if route is not None else None)
     tried: list[Endpoint] = []
     retries = 0
-    holding_retry: Cluster | None = None  # retry slot (budget, maxRetries) of the attempt in flight
-    budgeted: Cluster | None = None       # the cluster whose budget counts this request
-
-    def end_retry() -> None:
-        nonlocal holding_retry
-        if holding_retry is not None:
-            holding_retry.budget.on_retry_done()
-            if holding_retry.policy is None or holding_retry.policy.retry_budget is None:
-                holding_retry.limits.release_retry()
-            holding_retry = None
-
-    def settle() -> None:
-        end_retry()
-        if budgeted is not None:
-            budgeted.budget.on_request_done()
+    state = _CallState()
 
     in_flight: tuple[Cluster, Endpoint] | None = None  # the attempt the driver is sending
     try:
         while True:
             remaining = None if deadline is None else deadline - ctx.clock()
             if remaining is not None and remaining <= 0:
-                settle()
+                state.settle()
                 flags.append(Flag.UPSTREAM_REQUEST_TIMEOUT)
                 return _local(LocalReply.text(504, UPSTREAM_TIMEOUT), decision, tuple(flags),
                               attempts=retries)
-            cluster, endpoint, problem = _choose(ctx, decision, target, tried, policy)
+            cluster, endpoint, problem = _choose(ctx, decision, target, tried, policy,
+                                                 plan.port)
             if problem is not None or cluster is None or endpoint is None:
-                settle()
+                state.settle()
                 reply = problem or LocalReply.text(503, NO_HEALTHY_UPSTREAM,
                                                    Flag.NO_HEALTHY_UPSTREAM)
                 return _local(reply, decision, tuple(flags), cluster=cluster, attempts=retries)
             if not cluster.limits.try_acquire():
-                settle()
+                state.settle()
                 flags.append(Flag.UPSTREAM_OVERFLOW)
                 return _local(LocalReply.text(503, UPSTREAM_OVERFLOW), decision, tuple(flags),
                               cluster=cluster, attempts=retries)
-            if budgeted is None:
-                budgeted = cluster
+            if state.budgeted is None:
+                state.budgeted = cluster
                 cluster.budget.on_request()
             per_try = _min(policy.per_try_timeout, remaining)
-            headers = _attempt_headers(decision, target, base_headers, per_try, req.grpc)
-            attempt = Attempt(
-                scheme=_scheme(cluster, req), address=endpoint.address, port=endpoint.port,
-                path=path, authority=authority, headers=headers, timeout=per_try,
-                connect_timeout=_min(cluster.limits.connect_timeout, per_try) or 10.0,
-                cluster=cluster.name, endpoint=endpoint)
+            headers = _attempt_headers(plan.request_ops, base_headers, per_try, req.grpc)
+            attempt = _attempt(
+                _scheme(cluster, req), endpoint.address, endpoint.port, path, authority,
+                headers, per_try, _min(cluster.limits.connect_timeout, per_try) or 10.0,
+                cluster.name, endpoint)
             cluster.balancer.started(endpoint)
             in_flight = (cluster, endpoint)
             result = yield Send(attempt)
             in_flight = None
             assert result is not None
-            end_retry()
+            state.end_retry()
             outcome = result.outcome
             if cluster.outlier is not None:
                 cluster.outlier.record(endpoint, outcome)
@@ -269,7 +390,7 @@ def call_flow(ctx: CallContext) -> Generator[Effect, AttemptResult | None, CallR
                     # Envoy's router: a retry refused by the budget or maxRetries is overflow
                     flags.append(Flag.UPSTREAM_OVERFLOW)
                 else:
-                    holding_retry = cluster
+                    state.holding_retry = cluster
                     _release(cluster, endpoint)
                     if result.response is not None:
                         yield Discard(result.response)
@@ -283,14 +404,14 @@ def call_flow(ctx: CallContext) -> Generator[Effect, AttemptResult | None, CallR
                     continue
             elif wants_retry:
                 flags.append(Flag.UPSTREAM_RETRY_LIMIT_EXCEEDED)
-            return _finish(decision, req, target, cluster, endpoint, result, tuple(flags),
-                           attempts=retries + 1, on_done=settle)
+            return _finish(decision, req, plan, cluster, endpoint, result, tuple(flags),
+                           attempts=retries + 1, state=state)
     except GeneratorExit:
         # The driver abandoned the call (cancelled task, caller's exception): give back
         # what this call holds, or the cluster would leak admission slots and load.
         if in_flight is not None:
             _release(*in_flight)
-        settle()
+        state.settle()
         raise
 
 
@@ -314,18 +435,18 @@ def _forward_headers(req: RequestView) -> list[tuple[str, str]]:
     return [(k, v) for k, v in req.headers.items() if k not in _DROP]
 
 
-def _attempt_headers(decision: RouteDecision, target: Target | None,
+def _attempt_headers(request_ops: tuple[HeaderOperations, ...],
                      base: list[tuple[str, str]], per_try: float | None,
                      grpc: bool) -> tuple[tuple[str, str], ...]:
     headers = base
-    if target is not None:
-        for ops in request_header_operations(decision, target):
-            headers = apply_header_operations(headers, ops)
+    for ops in request_ops:
+        headers = apply_header_operations(headers, ops)
     if per_try is not None and not math.isinf(per_try):
-        headers = [*headers, (ENVOY_TIMEOUT_HEADER, str(max(int(per_try * 1000), 1)))]
-        if grpc:
-            headers = [(k, v) for k, v in headers if k != GRPC_TIMEOUT_HEADER]
-            headers.append((GRPC_TIMEOUT_HEADER, format_grpc_timeout(per_try)))
+        timeout = (ENVOY_TIMEOUT_HEADER, str(max(int(per_try * 1000), 1)))
+        if not grpc:
+            return (*headers, timeout)
+        headers = [(k, v) for k, v in (*headers, timeout) if k != GRPC_TIMEOUT_HEADER]
+        headers.append((GRPC_TIMEOUT_HEADER, format_grpc_timeout(per_try)))
     return tuple(headers)
 
 
@@ -341,7 +462,7 @@ def _scheme(cluster: Cluster, req: RequestView) -> str:
 
 
 def _choose(ctx: CallContext, decision: RouteDecision, target: Target | None,
-            tried: list[Endpoint], policy: Any
+            tried: list[Endpoint], policy: Any, port: int | None
             ) -> tuple[Cluster | None, Endpoint | None, LocalReply | None]:
     """Cluster and endpoint for the next attempt, or the local reply explaining why not."""
     if target is None:  # ALLOW_ANY passthrough to the original destination
@@ -349,7 +470,7 @@ def _choose(ctx: CallContext, decision: RouteDecision, target: Target | None,
         through = ctx.clusters.passthrough(ctx.snapshot, raw_host,
                                            raw_port or ctx.request.port or 80)
         return through, through.endpoints[0], None
-    port = _target_port(ctx, target)
+    # port: _target_port(ctx, target), computed once per plan
     cluster = ctx.clusters.get(ctx.snapshot, ctx.view, target.fqdn, target.subset, port)
     if cluster is None:
         return None, None, LocalReply.text(503, NO_HEALTHY_UPSTREAM, Flag.NO_CLUSTER)
@@ -458,39 +579,37 @@ def _local(reply: LocalReply, decision: RouteDecision, flags: tuple[Flag, ...], 
                       status=reply.status)
 
 
-def _finish(decision: RouteDecision, req: RequestView, target: Target | None,
+def _finish(decision: RouteDecision, req: RequestView, plan: _Plan,
             cluster: Cluster, endpoint: Endpoint, result: AttemptResult,
-            flags: tuple[Flag, ...], *, attempts: int, on_done: Callable[[], None]) -> CallResult:
+            flags: tuple[Flag, ...], *, attempts: int, state: _CallState) -> CallResult:
     outcome = result.outcome
-    released = False
-
-    def release() -> None:
-        nonlocal released
-        if not released:
-            released = True
-            _release(cluster, endpoint)
-            on_done()
+    state.cluster = cluster
+    state.endpoint = endpoint
 
     if result.response is None:  # no answer at all: Envoy's local reply for the failure
-        release()
+        state.release()
         reply = _failure_reply(outcome)
         return _local(reply, decision, (*flags, *reply.flags), cluster=cluster,
                       attempts=attempts)
 
-    def response_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        if target is not None:
-            for ops in response_header_operations(decision, target):
-                headers = apply_header_operations(headers, ops)
-        if decision.cors is not None:  # Envoy's CORS filter overwrites these headers
-            cors = cors_response_headers(decision.cors, req)
-            names = {k.lower() for k, _ in cors}
-            headers = [(k, v) for k, v in headers if k.lower() not in names] + cors
-        return headers
+    response_headers = None
+    if plan.response_work:  # else the driver passes the upstream head on unchanged
+        target = plan.target
+
+        def response_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+            if target is not None:
+                for ops in response_header_operations(decision, target):
+                    headers = apply_header_operations(headers, ops)
+            if decision.cors is not None:  # Envoy's CORS filter overwrites these headers
+                cors = cors_response_headers(decision.cors, req)
+                names = {k.lower() for k, _ in cors}
+                headers = [(k, v) for k, v in headers if k.lower() not in names] + cors
+            return headers
 
     return CallResult(response=result.response, flags=flags, attempts=attempts,
                       route_name=decision.route_name, cluster=cluster.name, endpoint=endpoint,
                       status=outcome.status, response_headers=response_headers,
-                      release=release)
+                      release=state.release)
 
 
 def _failure_reply(outcome: Outcome) -> LocalReply:

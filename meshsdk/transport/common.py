@@ -170,6 +170,26 @@ def response_head(result: CallResult, upstream: httpx.Response, info: CallInfo |
     return headers, extensions
 
 
+def caller_response(result: CallResult, request: httpx.Request,
+                    observe: Callable[[httpx.Request, CallResult, CallInfo], None],
+                    stream_class: type[ReleasingStream] | type[AsyncReleasingStream],
+                    ) -> httpx.Response:
+    """The response the caller sees for the flow's verdict: the local reply, or the
+    upstream's status and head (:func:`response_head`) with its body passed through
+    ``stream_class`` (:class:`ReleasingStream` or :class:`AsyncReleasingStream`), which
+    gives back the call's slot when closed. Observers see the call first."""
+    info = call_info(result)
+    observe(request, result, info)
+    if result.local_reply is not None:
+        result.release()
+        return local_response(result.local_reply, request, info)
+    upstream: httpx.Response = result.response
+    headers, extensions = response_head(result, upstream, info)
+    return httpx.Response(upstream.status_code, headers=headers,
+                          stream=stream_class(upstream, result.release),
+                          request=request, extensions=extensions)
+
+
 class ReleasingStream(httpx.SyncByteStream):
     """The upstream body, passed through unbuffered; closing it frees the call's slot.
 

@@ -11,12 +11,10 @@ from meshsdk.outcome import Failure, Outcome
 from meshsdk.transport.common import (
     SEND_ERRORS,
     ReleasingStream,
-    call_info,
+    caller_response,
     classify_exception,
     classify_response,
-    local_response,
     mirror_request,
-    response_head,
     upstream_request,
 )
 
@@ -75,16 +73,7 @@ class MeshTransport(httpx.BaseTransport):
         return classify_response(response)
 
     def _response(self, result: CallResult, request: httpx.Request) -> httpx.Response:
-        info = call_info(result)
-        self._mesh._observe(request, result, info)
-        if result.local_reply is not None:
-            result.release()
-            return local_response(result.local_reply, request, info)
-        upstream: httpx.Response = result.response
-        headers, extensions = response_head(result, upstream, info)
-        return httpx.Response(upstream.status_code, headers=headers,
-                              stream=ReleasingStream(upstream, result.release),
-                              request=request, extensions=extensions)
+        return caller_response(result, request, self._mesh._observe, ReleasingStream)
 
     def close(self) -> None:
         self._inner.close()
