@@ -118,3 +118,18 @@ Connect = Callable[[Mesh], Caller]
 
 def statuses(seen: Sequence[Got]) -> list[int]:
     return [g.status for g in seen]
+
+
+def vs(route: str) -> str:
+    """A VirtualService for reviews whose one route has ``route`` fields added."""
+    return f"""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews}}
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{{destination: {{host: reviews}}}}]
+{route}
+"""
+

@@ -19,7 +19,7 @@ from meshsdk.mesh import Mesh
 from meshsdk.testing.sandbox import MeshTestConfig
 from meshsdk.testing.upstream import Reply, Upstream, fail_every, free_port, respond, script
 from tests.dataplane.conftest import Build
-from tests.dataplane.harness import AsyncCaller, Caller, SyncCaller
+from tests.dataplane.harness import AsyncCaller, Caller, SyncCaller, vs
 
 Connect = Callable[[Mesh], Caller]
 URL = "http://reviews/r"
@@ -38,18 +38,6 @@ spec:
 """
 
 
-def vs(route: str) -> str:
-    """A VirtualService for reviews whose one route has ``route`` fields added."""
-    return f"""
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: reviews}}
-spec:
-  hosts: [reviews]
-  http:
-  - route: [{{destination: {{host: reviews}}}}]
-{route}
-"""
 
 
 def dr(policy: str) -> str:

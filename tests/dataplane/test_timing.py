@@ -17,23 +17,12 @@ from meshsdk.mesh import Mesh
 from meshsdk.testing.clock import FakeClock
 from meshsdk.testing.upstream import Reply, Upstream, respond
 from tests.dataplane.conftest import Build
-from tests.dataplane.harness import Caller
+from tests.dataplane.harness import Caller, vs
 
 Connect = Callable[[Mesh], Caller]
 URL = "http://reviews/t"
 
 
-def vs(route: str) -> str:
-    return f"""
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: reviews}}
-spec:
-  hosts: [reviews]
-  http:
-  - route: [{{destination: {{host: reviews}}}}]
-{route}
-"""
 
 
 OUTLIER = """
