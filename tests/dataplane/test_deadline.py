@@ -44,9 +44,9 @@ def test_inbound_deadline_caps_outbound_calls() -> None:
 
 
 def test_the_tighter_of_nested_deadlines_wins() -> None:
-    with Upstream("r", echo) as up, _mesh(up).client() as client:
-        with deadline_scope(0.3), deadline_scope(5.0):
-            seen = _timeout_seen(client.get(URL).content)
+    with (Upstream("r", echo) as up, _mesh(up).client() as client,
+          deadline_scope(0.3), deadline_scope(5.0)):
+        seen = _timeout_seen(client.get(URL).content)
     assert 0 < seen <= 300
 
 
