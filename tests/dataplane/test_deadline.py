@@ -78,10 +78,9 @@ def test_an_expired_inbound_deadline_stops_a_hanging_call_with_504_ut() -> None:
 
 
 def test_grpc_calls_carry_grpc_timeout() -> None:
-    with Upstream("r", echo) as up, _mesh(up).client() as client:
-        with deadline_scope(1.5):
-            r = client.post(URL, content=b"\x00\x00\x00\x00\x00",
-                            headers={"content-type": "application/grpc", "te": "trailers"})
+    with Upstream("r", echo) as up, _mesh(up).client() as client, deadline_scope(1.5):
+        r = client.post(URL, content=b"\x00\x00\x00\x00\x00",
+                        headers={"content-type": "application/grpc", "te": "trailers"})
     seen = json.loads(r.content)["headers"]
     value = parse_grpc_timeout(seen["grpc-timeout"])
     assert value is not None and 0 < value <= 1.5
