@@ -70,9 +70,9 @@ spec:
 
 
 def test_an_expired_inbound_deadline_stops_a_hanging_call_with_504_ut() -> None:
-    with Upstream("r", script(Reply(hang=True))) as up, _mesh(up).client() as client:
-        with deadline_scope(0.2):
-            r = client.get(URL)
+    with (Upstream("r", script(Reply(hang=True))) as up, _mesh(up).client() as client,
+          deadline_scope(0.2)):
+        r = client.get(URL)
     assert r.status_code == 504
     assert "UT" in r.extensions["meshsdk"].response_flags
 
