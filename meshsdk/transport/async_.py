@@ -4,16 +4,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import httpcore
 import httpx
 
 from meshsdk.dataplane.flow import AttemptResult, CallResult, Discard, Mirror, Send, Sleep
 from meshsdk.outcome import Failure, Outcome
 from meshsdk.transport.common import (
+    CORE_SEND_ERRORS,
     SEND_ERRORS,
+    AsyncCoreReleasingStream,
     AsyncReleasingStream,
     caller_response,
+    classify_core_exception,
+    classify_core_response,
     classify_exception,
     classify_response,
+    core_pool,
+    core_request,
     mirror_request,
     upstream_request,
 )
@@ -31,6 +38,10 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
     def __init__(self, mesh: Mesh, inner: httpx.AsyncBaseTransport | None = None) -> None:
         self._mesh = mesh
         self._inner = inner if inner is not None else httpx.AsyncHTTPTransport()
+        # our own default transport: attempts go to its httpcore pool directly, with no
+        # second httpx.Request/Response per attempt (a transport you pass is used as is)
+        pool = core_pool(self._inner) if inner is None else None
+        self._pool = pool if isinstance(pool, httpcore.AsyncConnectionPool) else None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         flow = self._mesh._flow(request)
@@ -62,6 +73,13 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             address = await self._mesh._dns.aresolve(attempt.address, attempt.port)
         except OSError:
             return AttemptResult(Outcome(failure=Failure.CONNECT_FAILURE))
+        if self._pool is not None:
+            try:
+                core = await self._pool.handle_async_request(
+                    core_request(attempt, request, address))
+            except CORE_SEND_ERRORS as exc:
+                return AttemptResult(classify_core_exception(exc))
+            return classify_core_response(core)
         try:
             response = await self._inner.handle_async_request(
                 upstream_request(attempt, request, address))
@@ -70,7 +88,8 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         return classify_response(response)
 
     def _response(self, result: CallResult, request: httpx.Request) -> httpx.Response:
-        return caller_response(result, request, self._mesh._observe, AsyncReleasingStream)
+        return caller_response(result, request, self._mesh._observe, AsyncReleasingStream,
+                               AsyncCoreReleasingStream)
 
     async def aclose(self) -> None:
         await self._inner.aclose()

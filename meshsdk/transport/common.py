@@ -6,11 +6,21 @@ outcomes, and turning a :class:`~meshsdk.dataplane.flow.CallResult` into the
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpcore
 import httpx
+
+# httpx's own mapping of httpcore's errors, used on the body of a response read
+# straight from the connection pool so the caller sees the exceptions httpx raises.
+# Private to httpx: without it, only the generic path is used.
+try:
+    from httpx._transports.default import map_httpcore_exceptions
+    _DIRECT = True
+except ImportError:  # pragma: no cover
+    _DIRECT = False
 
 from meshsdk.dataplane.flow import Attempt, AttemptResult, CallResult
 from meshsdk.outcome import Failure, Flag, LocalReply, Outcome, format_flags
@@ -82,14 +92,9 @@ def _url(text: str) -> httpx.URL:
     return url
 
 
-def upstream_request(attempt: Attempt, request: httpx.Request,
-                     address: str | None = None) -> httpx.Request:
-    """The request for one attempt: endpoint URL, mesh-decided head, original body.
-
-    ``address`` is the endpoint's resolved IP when it was given by name; the name
-    stays the TLS server name. A timeout the caller gave httpx (``timeout=``) still
-    applies: each of its parts caps the attempt's own.
-    """
+def _target(attempt: Attempt, request: httpx.Request, address: str | None
+            ) -> tuple[str, dict[str, Any]]:
+    """The URL text and request extensions (timeouts, TLS server name) of one attempt."""
     t = attempt.timeout
     timeout = {"connect": attempt.connect_timeout, "read": t, "write": t, "pool": t}
     given = request.extensions.get("timeout")
@@ -103,9 +108,105 @@ def upstream_request(attempt: Attempt, request: httpx.Request,
     if address is not None and address != attempt.address:
         url = attempt.with_address(address).url
         extensions["sni_hostname"] = attempt.address
+    return url, extensions
+
+
+def upstream_request(attempt: Attempt, request: httpx.Request,
+                     address: str | None = None) -> httpx.Request:
+    """The request for one attempt: endpoint URL, mesh-decided head, original body.
+
+    ``address`` is the endpoint's resolved IP when it was given by name; the name
+    stays the TLS server name. A timeout the caller gave httpx (``timeout=``) still
+    applies: each of its parts caps the attempt's own.
+    """
+    url, extensions = _target(attempt, request, address)
     headers = [("host", attempt.authority), *attempt.headers]
     return httpx.Request(request.method, _url(url), headers=headers, stream=request.stream,
                          extensions=extensions)
+
+
+# --- the direct path: httpx's own default transport, its httpcore pool called directly ---
+
+
+_core_urls: dict[str, httpcore.URL] = {}
+
+
+def _core_url(text: str) -> httpcore.URL:
+    """The ``httpcore.URL`` ``httpx.HTTPTransport`` would build from ``httpx.URL(text)``,
+    once per distinct URL (httpcore only reads it); bounded like :func:`_url`."""
+    url = _core_urls.get(text)
+    if url is None:
+        u = httpx.URL(text)
+        url = httpcore.URL(scheme=u.raw_scheme, host=u.raw_host, port=u.port,
+                           target=u.raw_path)
+        if len(_core_urls) >= _URL_CACHE_LIMIT:
+            _core_urls.clear()
+        _core_urls[text] = url
+    return url
+
+
+def core_pool(transport: httpx.BaseTransport | httpx.AsyncBaseTransport
+              ) -> httpcore.ConnectionPool | httpcore.AsyncConnectionPool | None:
+    """The httpcore connection pool of an ``httpx.HTTPTransport``/``AsyncHTTPTransport``
+    the mesh created itself (no proxy: a plain pool), or None."""
+    if not _DIRECT:  # pragma: no cover
+        return None
+    pool = getattr(transport, "_pool", None)
+    if type(transport) is httpx.HTTPTransport and isinstance(pool, httpcore.ConnectionPool):
+        return pool
+    if (type(transport) is httpx.AsyncHTTPTransport
+            and isinstance(pool, httpcore.AsyncConnectionPool)):
+        return pool
+    return None
+
+
+class _CoreRequest(httpcore.Request):
+    """An ``httpcore.Request`` built from values already in its types: its own
+    ``__init__`` re-checks every header pair through ``isinstance`` against the
+    ``typing`` ABCs, which costs more than all of the rest of the request."""
+
+    def __init__(self, method: bytes, url: httpcore.URL, headers: list[tuple[bytes, bytes]],
+                 stream: httpx.SyncByteStream | httpx.AsyncByteStream,
+                 extensions: dict[str, Any]) -> None:
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.stream = stream
+        self.extensions = extensions
+
+
+def core_request(attempt: Attempt, request: httpx.Request,
+                 address: str | None = None) -> httpcore.Request:
+    """:func:`upstream_request` as the ``httpcore.Request`` ``httpx.HTTPTransport`` would
+    make of it: same URL, head bytes (ASCII, as ``httpx.Headers`` encodes str), body
+    stream and extensions, without the intermediate ``httpx.Request``."""
+    url, extensions = _target(attempt, request, address)
+    headers = [(b"host", attempt.authority.encode("ascii"))]
+    headers += [(k.encode("ascii"), v.encode("ascii")) for k, v in attempt.headers]
+    return _CoreRequest(request.method.encode("ascii"), _core_url(url), headers,
+                        request.stream, extensions)
+
+
+CORE_SEND_ERRORS = (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProxyError,
+                    httpcore.UnsupportedProtocol, httpcore.ProtocolError)
+"""The httpcore errors httpx maps to its ``TransportError``s (``map_httpcore_exceptions``)."""
+
+
+def classify_core_exception(exc: Exception) -> Outcome:
+    """:func:`classify_exception` for the httpcore error httpx would have mapped."""
+    if isinstance(exc, (httpcore.ConnectError, httpcore.ConnectTimeout)):
+        return Outcome(failure=Failure.CONNECT_FAILURE)
+    if isinstance(exc, httpcore.TimeoutException):
+        return Outcome(failure=Failure.TIMEOUT)
+    return Outcome(failure=Failure.RESET)
+
+
+def classify_core_response(response: httpcore.Response) -> AttemptResult:
+    """:func:`classify_response` on the raw head of an httpcore response."""
+    grpc = b", ".join([v for k, v in response.headers if k.lower() == b"grpc-status"])
+    return AttemptResult(Outcome(status=response.status,
+                                 grpc_status=int(grpc) if grpc and grpc.isdigit() else None),
+                         response)
 
 
 def mirror_request(attempt: Attempt, request: httpx.Request) -> httpx.Request:
@@ -149,22 +250,30 @@ def local_response(reply: LocalReply, request: httpx.Request, info: CallInfo) ->
                           request=request, extensions={EXTENSION: info})
 
 
+def _head(result: CallResult, raw: list[tuple[bytes, bytes]], source: httpx.Headers | None
+          ) -> httpx.Headers:
+    """The caller's response headers from the upstream's raw head (``source`` is it as
+    ``httpx.Headers`` when already built)."""
+    if result.response_headers is not None:
+        if source is None:
+            source = httpx.Headers(raw)
+        items = source.multi_items()
+        before = list(items)
+        after = result.response_headers(items)
+        if after != before:  # re-encoded as the upstream's header bytes were decoded
+            return httpx.Headers(after, encoding=source.encoding)
+    # unchanged: copy the bytes, no decode and re-encode
+    return httpx.Headers([(k.lower(), v) for k, v in raw],
+                         encoding=source.encoding if source is not None else None)
+
+
 def response_head(result: CallResult, upstream: httpx.Response, info: CallInfo | None = None
                   ) -> tuple[httpx.Headers, dict[str, Any]]:
     """The caller's response head: the upstream's headers (names lower-case, as Envoy
     forwards them) after the route's response operations and CORS, and the upstream's
     extensions plus :data:`EXTENSION`."""
     source = upstream.headers
-    headers: httpx.Headers | None = None
-    if result.response_headers is not None:
-        items = source.multi_items()
-        before = list(items)
-        after = result.response_headers(items)
-        if after != before:  # re-encoded as the upstream's header bytes were decoded
-            headers = httpx.Headers(after, encoding=source.encoding)
-    if headers is None:  # unchanged: copy the bytes, no decode and re-encode
-        headers = httpx.Headers([(k.lower(), v) for k, v in source.raw],
-                                encoding=source.encoding)
+    headers = _head(result, source.raw, source)
     extensions = dict(upstream.extensions)
     extensions[EXTENSION] = info if info is not None else call_info(result)
     return headers, extensions
@@ -173,17 +282,28 @@ def response_head(result: CallResult, upstream: httpx.Response, info: CallInfo |
 def caller_response(result: CallResult, request: httpx.Request,
                     observe: Callable[[httpx.Request, CallResult, CallInfo], None],
                     stream_class: type[ReleasingStream] | type[AsyncReleasingStream],
+                    core_stream_class: type[CoreReleasingStream]
+                    | type[AsyncCoreReleasingStream] | None = None,
                     ) -> httpx.Response:
     """The response the caller sees for the flow's verdict: the local reply, or the
     upstream's status and head (:func:`response_head`) with its body passed through
     ``stream_class`` (:class:`ReleasingStream` or :class:`AsyncReleasingStream`), which
-    gives back the call's slot when closed. Observers see the call first."""
+    gives back the call's slot when closed. An upstream answer read straight from
+    httpcore (the direct path) goes through ``core_stream_class`` instead. Observers
+    see the call first."""
     info = call_info(result)
     observe(request, result, info)
     if result.local_reply is not None:
         result.release()
         return local_response(result.local_reply, request, info)
-    upstream: httpx.Response = result.response
+    upstream = result.response
+    if isinstance(upstream, httpcore.Response):
+        assert core_stream_class is not None
+        extensions = dict(upstream.extensions)
+        extensions[EXTENSION] = info
+        return httpx.Response(upstream.status, headers=_head(result, upstream.headers, None),
+                              stream=core_stream_class(upstream, result.release),
+                              request=request, extensions=extensions)
     headers, extensions = response_head(result, upstream, info)
     return httpx.Response(upstream.status_code, headers=headers,
                           stream=stream_class(upstream, result.release),
@@ -244,5 +364,55 @@ class AsyncReleasingStream(httpx.AsyncByteStream):
                 if not isinstance(stream, httpx.AsyncByteStream):
                     raise RuntimeError("Attempted to call an async close on an sync stream.")
                 await stream.aclose()
+        finally:
+            self._release()
+
+
+class CoreReleasingStream(httpx.SyncByteStream):
+    """:class:`ReleasingStream` over an httpcore response (the direct path): httpcore's
+    errors while reading become httpx's, as ``httpx.HTTPTransport``'s stream does."""
+
+    def __init__(self, inner: httpcore.Response, release: Callable[[], None]) -> None:
+        self._inner = inner
+        self._release = release
+        self._closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        stream = self._inner.stream
+        if not isinstance(stream, Iterable):
+            raise RuntimeError("Attempted to call a sync iterator on an async stream.")
+        with map_httpcore_exceptions():
+            yield from stream
+
+    def close(self) -> None:
+        try:
+            if not self._closed:
+                self._closed = True
+                self._inner.close()
+        finally:
+            self._release()
+
+
+class AsyncCoreReleasingStream(httpx.AsyncByteStream):
+    """Async twin of :class:`CoreReleasingStream`."""
+
+    def __init__(self, inner: httpcore.Response, release: Callable[[], None]) -> None:
+        self._inner = inner
+        self._release = release
+        self._closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        stream = self._inner.stream
+        if not isinstance(stream, AsyncIterable):
+            raise RuntimeError("Attempted to call an async iterator on an sync stream.")
+        with map_httpcore_exceptions():
+            async for chunk in stream:
+                yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            if not self._closed:
+                self._closed = True
+                await self._inner.aclose()
         finally:
             self._release()

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import httpcore
 import httpx
 
 from meshsdk.dataplane.flow import AttemptResult, CallResult, Discard, Mirror, Send, Sleep
 from meshsdk.outcome import Failure, Outcome
 from meshsdk.transport.common import (
+    CORE_SEND_ERRORS,
     SEND_ERRORS,
+    CoreReleasingStream,
     ReleasingStream,
     caller_response,
+    classify_core_exception,
+    classify_core_response,
     classify_exception,
     classify_response,
+    core_pool,
+    core_request,
     mirror_request,
     upstream_request,
 )
@@ -34,6 +41,10 @@ class MeshTransport(httpx.BaseTransport):
     def __init__(self, mesh: Mesh, inner: httpx.BaseTransport | None = None) -> None:
         self._mesh = mesh
         self._inner = inner if inner is not None else httpx.HTTPTransport()
+        # our own default transport: attempts go to its httpcore pool directly, with no
+        # second httpx.Request/Response per attempt (a transport you pass is used as is)
+        pool = core_pool(self._inner) if inner is None else None
+        self._pool = pool if isinstance(pool, httpcore.ConnectionPool) else None
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         flow = self._mesh._flow(request)
@@ -66,6 +77,12 @@ class MeshTransport(httpx.BaseTransport):
             address = self._mesh._dns.resolve(attempt.address, attempt.port)
         except OSError:
             return AttemptResult(Outcome(failure=Failure.CONNECT_FAILURE))
+        if self._pool is not None:
+            try:
+                core = self._pool.handle_request(core_request(attempt, request, address))
+            except CORE_SEND_ERRORS as exc:
+                return AttemptResult(classify_core_exception(exc))
+            return classify_core_response(core)
         try:
             response = self._inner.handle_request(upstream_request(attempt, request, address))
         except SEND_ERRORS as exc:
@@ -73,7 +90,8 @@ class MeshTransport(httpx.BaseTransport):
         return classify_response(response)
 
     def _response(self, result: CallResult, request: httpx.Request) -> httpx.Response:
-        return caller_response(result, request, self._mesh._observe, ReleasingStream)
+        return caller_response(result, request, self._mesh._observe, ReleasingStream,
+                               CoreReleasingStream)
 
     def close(self) -> None:
         self._inner.close()

@@ -1,0 +1,91 @@
+"""The direct path: with the transport's own default inner transport, attempts go to
+its httpcore pool without a second httpx.Request/Response; a transport you pass is
+used as is. Both must look the same to the caller."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import httpx
+import pytest
+
+from meshsdk import Mesh, Workload
+from meshsdk.testing.builders import config_from_yaml, service_entry
+from meshsdk.testing.upstream import Reply, Upstream, free_port, script
+
+CLIENT = Workload("productpage", "default", {"app": "productpage"})
+URL = "http://reviews:9080/d"
+
+
+def _mesh(up: Upstream | int) -> Mesh:
+    return Mesh(config_from_yaml([service_entry("reviews", [(up, {})], port=9080)]),
+                CLIENT, rng=random.Random(1))
+
+
+def test_default_inner_uses_the_pool_a_given_one_does_not() -> None:
+    with Upstream("r") as up:
+        mesh = _mesh(up)
+        assert mesh.transport()._pool is not None
+        assert mesh.async_transport()._pool is not None
+        assert mesh.transport(httpx.HTTPTransport())._pool is None
+        assert mesh.async_transport(httpx.AsyncHTTPTransport())._pool is None
+
+
+def test_sync_response_head_body_and_extensions() -> None:
+    body = b"x" * 70_000
+    with Upstream("r", script(Reply(200, body, {"X-Thing": "a", "grpc-status": "0"}))) as up:
+        mesh = _mesh(up)
+        with mesh.client() as client:
+            for _ in range(3):  # the slot and the connection come back each time
+                r = client.get(URL)
+                assert r.status_code == 200 and r.content == body
+                assert r.headers["x-thing"] == "a"
+                assert ("x-thing", "a") in r.headers.multi_items()
+                assert r.extensions["http_version"] == b"HTTP/1.1"
+                assert r.extensions["reason_phrase"] == b"OK"
+                assert "network_stream" in r.extensions
+                assert r.extensions["meshsdk"].response_flags == "-"
+            with client.stream("GET", URL) as s:  # closed unread: the slot is released
+                assert s.status_code == 200
+            assert client.get(URL).content == body
+
+
+def test_async_response_head_body_and_extensions() -> None:
+    async def run(up: Upstream) -> None:
+        async with _mesh(up).async_client() as client:
+            for _ in range(3):
+                r = await client.get(URL)
+                assert r.status_code == 200 and r.content == b"ok"
+                assert r.extensions["http_version"] == b"HTTP/1.1"
+                assert r.extensions["meshsdk"].attempts == 1
+            async with client.stream("GET", URL) as s:
+                assert s.status_code == 200
+            assert (await client.get(URL)).content == b"ok"
+
+    with Upstream("r", script(Reply(200, b"ok"))) as up:
+        asyncio.run(run(up))
+
+
+def test_connect_failure_and_reset_are_classified() -> None:
+    mesh = _mesh(free_port())  # nothing listens: connection refused
+    with mesh.client() as client:
+        r = client.get(URL)
+    assert r.status_code == 503 and "UF" in r.extensions["meshsdk"].response_flags
+
+    async def run() -> httpx.Response:
+        async with mesh.async_client() as client:
+            return await client.get(URL)
+    r = asyncio.run(run())
+    assert r.status_code == 503 and "UF" in r.extensions["meshsdk"].response_flags
+
+    with Upstream("r", script(Reply(reset=True))) as up, _mesh(up).client() as client:
+        r = client.get(URL)
+    assert r.status_code == 503 and "UR" in r.extensions["meshsdk"].response_flags
+
+
+def test_body_errors_are_httpx_errors() -> None:
+    reply = Reply(200, b"y" * 200_000, reset_mid_body=True)
+    with (Upstream("r", script(reply)) as up, _mesh(up).client() as client,
+          pytest.raises(httpx.TransportError)):
+        client.get(URL)
