@@ -184,9 +184,10 @@ spec:
     return [se, dr, vs]
 
 
-def make_mesh(port: int) -> Mesh:
+def make_mesh(port: int, telemetry: Any = False) -> Mesh:
     config = config_from_yaml(*mesh_config_yaml(port))
-    return Mesh(config, Workload(name="bench", namespace="default", labels={"app": "bench"}))
+    return Mesh(config, Workload(name="bench", namespace="default", labels={"app": "bench"}),
+                telemetry=telemetry)
 
 
 # --- measuring ----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -33,6 +33,9 @@ from meshsdk.transport.dns import DnsCache
 from meshsdk.transport.mirrors import MirrorSender
 from meshsdk.transport.sync import MeshTransport
 from meshsdk.workload import Workload
+
+if TYPE_CHECKING:
+    from meshsdk.telemetry.recorder import OutboundCall, Telemetry
 
 ConfigSource = Config | str | os.PathLike[str]
 CallObserver = Callable[[httpx.Request, CallResult, CallInfo], None]
@@ -51,14 +54,25 @@ class Mesh:
 
     ``clock``, ``sleep`` and ``rng`` are injectable so tests can drive timeouts,
     backoff and outlier detection with a fake clock and fixed random numbers.
+    ``telemetry`` is on by default, as in Istio (metrics through OpenTelemetry's global
+    meter provider, 1% of traces, no access log): pass a configured
+    :class:`~meshsdk.telemetry.Telemetry`, or ``False`` for none at all.
     """
 
     def __init__(self, config: Config, workload: Workload | None = None, *,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep,
                  async_sleep: Callable[[float], Any] = asyncio.sleep,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 telemetry: Telemetry | bool = True) -> None:
         self.workload = workload if workload is not None else Workload.from_env()
+        if telemetry is True:
+            from meshsdk.telemetry.recorder import Telemetry
+            # its own random source: sampling draws must not shift the routing
+            # sequence a test seeded ``rng`` for
+            telemetry = Telemetry(self.workload, clock=clock)
+        self.telemetry: Telemetry | None = telemetry or None
+        """Metrics, traces and access logs of this workload (None: ``telemetry=False``)."""
         self._clock = clock
         self._sleep = sleep
         self._async_sleep = async_sleep
@@ -79,7 +93,10 @@ class Mesh:
 
     def _build_state(self, config: Config) -> _State:
         snapshot = Snapshot(config)
-        return _State(snapshot, snapshot.view(self.workload.namespace, self.workload.labels))
+        state = _State(snapshot, snapshot.view(self.workload.namespace, self.workload.labels))
+        if self.telemetry is not None:  # raises on a bad expression: nothing swapped yet
+            self.telemetry.configure(config, snapshot.mesh, snapshot.domain)
+        return state
 
     def update(self, config: ConfigSource) -> None:
         """Swap in a new configuration atomically.
@@ -123,25 +140,32 @@ class Mesh:
         self._observers.append(observer)
 
     def close(self) -> None:
-        """Stop background mirroring; clients are closed by their owners."""
+        """Stop background mirroring and close access log files; clients are closed
+        by their owners."""
         self._mirrors.close()
+        if self.telemetry is not None:
+            self.telemetry.close()
 
     # -- used by the transports ------------------------------------------------------------
 
-    def _flow(self, request: httpx.Request) -> Generator[Effect, AttemptResult | None,
-                                                         CallResult]:
+    def _flow(self, request: httpx.Request
+              ) -> tuple[Generator[Effect, AttemptResult | None, CallResult],
+                         OutboundCall | None]:
         state = self._state
         url = request.url
         raw = url.raw_path.decode("ascii", "replace")
         path, _, query = raw.partition("?")
         items = request.headers.multi_items()  # decoded once, read three times
         authority = header_value(items, "host") or url.netloc.decode("ascii", "replace")
+        call = None
+        if self.telemetry is not None:  # trace headers and x-request-id join the request
+            call = self.telemetry.outbound(request.method, url.scheme, authority, raw, items)
         view = RequestView.build(request.method, url.scheme, authority, path, query,
                                  items, source=self.workload)
         ctx = CallContext(view, state.snapshot, state.view, self._clusters, self._clock,
                           self._rng, replayable=replayable(request, items),
                           deadline=_deadline_now(self._clock))
-        return call_flow(ctx)
+        return call_flow(ctx), call
 
     def _observe(self, request: httpx.Request, result: CallResult, info: CallInfo) -> None:
         for observer in self._observers:

@@ -25,7 +25,7 @@ from typing import Any
 from meshsdk.config.hosts import expand_host, split_host_port
 from meshsdk.config.kinds.virtual_service import HeaderOperations
 from meshsdk.config.mesh import MeshConfig
-from meshsdk.config.snapshot import ClientView, Endpoint, Snapshot
+from meshsdk.config.snapshot import ClientView, Endpoint, Service, Snapshot
 from meshsdk.dataplane.clusters import Cluster, ClusterRegistry
 from meshsdk.deadline import ENVOY_TIMEOUT_HEADER, GRPC_TIMEOUT_HEADER, format_grpc_timeout
 from meshsdk.outcome import (
@@ -179,6 +179,8 @@ class CallResult:
     status: int | None = None
     response_headers: Callable[[list[tuple[str, str]]], list[tuple[str, str]]] | None = None
     release: Callable[[], None] = field(default=lambda: None)
+    decision: RouteDecision | None = None   # what routing decided (requested host, route)
+    service: Service | None = None          # the service of the cluster that was used
 
 
 # --- the context of one call ---------------------------------------------------------------
@@ -576,7 +578,8 @@ def _local(reply: LocalReply, decision: RouteDecision, flags: tuple[Flag, ...], 
     return CallResult(local_reply=reply, flags=merged, attempts=attempts,
                       route_name=decision.route_name,
                       cluster=cluster.name if cluster is not None else None,
-                      status=reply.status)
+                      status=reply.status, decision=decision,
+                      service=cluster.service if cluster is not None else None)
 
 
 def _finish(decision: RouteDecision, req: RequestView, plan: _Plan,
@@ -609,7 +612,7 @@ def _finish(decision: RouteDecision, req: RequestView, plan: _Plan,
     return CallResult(response=result.response, flags=flags, attempts=attempts,
                       route_name=decision.route_name, cluster=cluster.name, endpoint=endpoint,
                       status=outcome.status, response_headers=response_headers,
-                      release=state.release)
+                      release=state.release, decision=decision, service=cluster.service)
 
 
 def _failure_reply(outcome: Outcome) -> LocalReply:

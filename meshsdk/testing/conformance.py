@@ -199,7 +199,9 @@ SCENARIOS: tuple[Scenario, ...] = (
   - route: [{destination: {host: reviews}}]
     mirror: {host: shadow}""")],
         _get(), 200, headers={"x-upstream": "v1"},
-        upstream_saw=lambda ups: wait_until(lambda: ups["shadow"].hits == 1)),
+        upstream_saw=lambda ups: (wait_until(lambda: ups["shadow"].hits == 1)
+                                  and ups["shadow"].requests[0].headers["host"]
+                                  == "reviews-shadow:9080")),
     Scenario(
         "outlier detection ejects a failing endpoint",
         {"bad": UpstreamSpec("reviews", {"version": "v1"}, lambda: respond(503, "bad")),

@@ -27,6 +27,7 @@ from meshsdk.transport.common import (
 
 if TYPE_CHECKING:
     from meshsdk.mesh import Mesh
+    from meshsdk.telemetry.recorder import OutboundCall
 
 
 class AsyncMeshTransport(httpx.AsyncBaseTransport):
@@ -44,13 +45,15 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         self._pool = pool if isinstance(pool, httpcore.AsyncConnectionPool) else None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        flow = self._mesh._flow(request)
+        flow, call = self._mesh._flow(request)
         value: AttemptResult | None = None
         try:
             effect = next(flow)
             while True:
                 if isinstance(effect, Send):
                     value = await self._send(effect, request)
+                    if call is not None:
+                        call.attempt(effect.attempt, value)
                 else:
                     value = None
                     if isinstance(effect, Sleep):
@@ -62,9 +65,11 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                             self._inner, mirror_request(effect.attempt, request))
                 effect = flow.send(value)
         except StopIteration as stop:
-            return self._response(stop.value, request)
+            return self._response(stop.value, request, call)
         except BaseException:
             flow.close()  # cancelled or failed mid-call: the flow gives back what it holds
+            if call is not None:
+                call.finish(0)  # no response reached the caller: recorded as DC
             raise
 
     async def _send(self, effect: Send, request: httpx.Request) -> AttemptResult:
@@ -87,9 +92,10 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             return AttemptResult(classify_exception(exc))
         return classify_response(response)
 
-    def _response(self, result: CallResult, request: httpx.Request) -> httpx.Response:
+    def _response(self, result: CallResult, request: httpx.Request,
+                  call: OutboundCall | None) -> httpx.Response:
         return caller_response(result, request, self._mesh._observe, AsyncReleasingStream,
-                               AsyncCoreReleasingStream)
+                               AsyncCoreReleasingStream, call)
 
     async def aclose(self) -> None:
         await self._inner.aclose()

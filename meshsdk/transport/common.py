@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpcore
 import httpx
@@ -24,6 +24,9 @@ except ImportError:  # pragma: no cover
 
 from meshsdk.dataplane.flow import Attempt, AttemptResult, CallResult
 from meshsdk.outcome import Failure, Flag, LocalReply, Outcome, format_flags
+
+if TYPE_CHECKING:
+    from meshsdk.telemetry.recorder import OutboundCall
 
 EXTENSION = "meshsdk"
 """``response.extensions["meshsdk"]`` holds the :class:`CallInfo` of every mesh call."""
@@ -209,9 +212,20 @@ def classify_core_response(response: httpcore.Response) -> AttemptResult:
                          response)
 
 
+def shadow_authority(authority: str) -> str:
+    """Envoy marks mirrored traffic by its Host: ``reviews:9080`` -> ``reviews-shadow:9080``."""
+    if authority.startswith("["):  # an IPv6 literal has no name to mark
+        return authority
+    host, colon, port = authority.rpartition(":")
+    if not colon or not port.isdigit():
+        return f"{authority}-shadow"
+    return f"{host}-shadow:{port}"
+
+
 def mirror_request(attempt: Attempt, request: httpx.Request) -> httpx.Request:
-    """A mirror copy: same head and body bytes, never the caller's stream object."""
-    headers = [("host", attempt.authority), *attempt.headers]
+    """A mirror copy: same head and body bytes, never the caller's stream object; the
+    Host gets Envoy's ``-shadow`` suffix so the mirror's server can tell copies apart."""
+    headers = [("host", shadow_authority(attempt.authority)), *attempt.headers]
     body = request.content if isinstance(request.stream, httpx.ByteStream) else b""
     return httpx.Request(request.method, attempt.url, headers=headers, content=body,
                          extensions={"timeout": {"connect": attempt.connect_timeout,
@@ -284,33 +298,65 @@ def caller_response(result: CallResult, request: httpx.Request,
                     stream_class: type[ReleasingStream] | type[AsyncReleasingStream],
                     core_stream_class: type[CoreReleasingStream]
                     | type[AsyncCoreReleasingStream] | None = None,
-                    ) -> httpx.Response:
+                    call: OutboundCall | None = None) -> httpx.Response:
     """The response the caller sees for the flow's verdict: the local reply, or the
     upstream's status and head (:func:`response_head`) with its body passed through
     ``stream_class`` (:class:`ReleasingStream` or :class:`AsyncReleasingStream`), which
     gives back the call's slot when closed. An upstream answer read straight from
     httpcore (the direct path) goes through ``core_stream_class`` instead. Observers
-    see the call first."""
+    see the call first; telemetry (``call``) is finished when the body is closed."""
     info = call_info(result)
     observe(request, result, info)
     if result.local_reply is not None:
         result.release()
-        return local_response(result.local_reply, request, info)
+        response = local_response(result.local_reply, request, info)
+        if call is not None:
+            call.responded(result, result.local_reply.headers)
+            call.finish(len(result.local_reply.body))
+        return response
     upstream = result.response
     if isinstance(upstream, httpcore.Response):
         assert core_stream_class is not None
         extensions = dict(upstream.extensions)
         extensions[EXTENSION] = info
-        return httpx.Response(upstream.status, headers=_head(result, upstream.headers, None),
-                              stream=core_stream_class(upstream, result.release),
+        headers = _head(result, upstream.headers, None)
+        if call is not None:
+            call.responded(result, headers, _http_version(extensions))
+        return httpx.Response(upstream.status, headers=headers,
+                              stream=core_stream_class(upstream, result.release, call),
                               request=request, extensions=extensions)
     headers, extensions = response_head(result, upstream, info)
+    if call is not None:
+        call.responded(result, headers, _http_version(extensions))
     return httpx.Response(upstream.status_code, headers=headers,
-                          stream=stream_class(upstream, result.release),
+                          stream=stream_class(upstream, result.release, call),
                           request=request, extensions=extensions)
 
 
-class ReleasingStream(httpx.SyncByteStream):
+def _http_version(extensions: dict[str, Any]) -> str | None:
+    version = extensions.get("http_version")
+    return version.decode("ascii") if isinstance(version, bytes) else None
+
+
+class _Releasing:
+    """What the four body streams share: count the bytes the caller reads, and on
+    close give back the call's slot and finish its telemetry."""
+
+    def __init__(self, release: Callable[[], None], call: OutboundCall | None) -> None:
+        self._release = release
+        self._call = call
+        self._closed = False
+        self.bytes_read = 0
+
+    def _done(self) -> None:
+        try:
+            self._release()
+        finally:
+            if self._call is not None:
+                self._call.finish(self.bytes_read)
+
+
+class ReleasingStream(_Releasing, httpx.SyncByteStream):
     """The upstream body, passed through unbuffered; closing it frees the call's slot.
 
     It reads the upstream response's byte stream itself rather than through
@@ -318,16 +364,18 @@ class ReleasingStream(httpx.SyncByteStream):
     already does the bookkeeping (chunking, request context, closed flags) once.
     """
 
-    def __init__(self, inner: httpx.Response, release: Callable[[], None]) -> None:
+    def __init__(self, inner: httpx.Response, release: Callable[[], None],
+                 call: OutboundCall | None = None) -> None:
+        super().__init__(release, call)
         self._inner = inner
-        self._release = release
-        self._closed = False
 
     def __iter__(self) -> Iterator[bytes]:
         stream = self._inner.stream
         if not isinstance(stream, httpx.SyncByteStream):
             raise RuntimeError("Attempted to call a sync iterator on an async stream.")
-        yield from stream
+        for chunk in stream:
+            self.bytes_read += len(chunk)
+            yield chunk
 
     def close(self) -> None:
         try:
@@ -338,22 +386,23 @@ class ReleasingStream(httpx.SyncByteStream):
                     raise RuntimeError("Attempted to call an sync close on an async stream.")
                 stream.close()
         finally:
-            self._release()
+            self._done()
 
 
-class AsyncReleasingStream(httpx.AsyncByteStream):
+class AsyncReleasingStream(_Releasing, httpx.AsyncByteStream):
     """Async twin of :class:`ReleasingStream`."""
 
-    def __init__(self, inner: httpx.Response, release: Callable[[], None]) -> None:
+    def __init__(self, inner: httpx.Response, release: Callable[[], None],
+                 call: OutboundCall | None = None) -> None:
+        super().__init__(release, call)
         self._inner = inner
-        self._release = release
-        self._closed = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         stream = self._inner.stream
         if not isinstance(stream, httpx.AsyncByteStream):
             raise RuntimeError("Attempted to call an async iterator on an sync stream.")
         async for chunk in stream:
+            self.bytes_read += len(chunk)
             yield chunk
 
     async def aclose(self) -> None:
@@ -365,24 +414,26 @@ class AsyncReleasingStream(httpx.AsyncByteStream):
                     raise RuntimeError("Attempted to call an async close on an sync stream.")
                 await stream.aclose()
         finally:
-            self._release()
+            self._done()
 
 
-class CoreReleasingStream(httpx.SyncByteStream):
+class CoreReleasingStream(_Releasing, httpx.SyncByteStream):
     """:class:`ReleasingStream` over an httpcore response (the direct path): httpcore's
     errors while reading become httpx's, as ``httpx.HTTPTransport``'s stream does."""
 
-    def __init__(self, inner: httpcore.Response, release: Callable[[], None]) -> None:
+    def __init__(self, inner: httpcore.Response, release: Callable[[], None],
+                 call: OutboundCall | None = None) -> None:
+        super().__init__(release, call)
         self._inner = inner
-        self._release = release
-        self._closed = False
 
     def __iter__(self) -> Iterator[bytes]:
         stream = self._inner.stream
         if not isinstance(stream, Iterable):
             raise RuntimeError("Attempted to call a sync iterator on an async stream.")
         with map_httpcore_exceptions():
-            yield from stream
+            for chunk in stream:
+                self.bytes_read += len(chunk)
+                yield chunk
 
     def close(self) -> None:
         try:
@@ -390,16 +441,16 @@ class CoreReleasingStream(httpx.SyncByteStream):
                 self._closed = True
                 self._inner.close()
         finally:
-            self._release()
+            self._done()
 
 
-class AsyncCoreReleasingStream(httpx.AsyncByteStream):
+class AsyncCoreReleasingStream(_Releasing, httpx.AsyncByteStream):
     """Async twin of :class:`CoreReleasingStream`."""
 
-    def __init__(self, inner: httpcore.Response, release: Callable[[], None]) -> None:
+    def __init__(self, inner: httpcore.Response, release: Callable[[], None],
+                 call: OutboundCall | None = None) -> None:
+        super().__init__(release, call)
         self._inner = inner
-        self._release = release
-        self._closed = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         stream = self._inner.stream
@@ -407,6 +458,7 @@ class AsyncCoreReleasingStream(httpx.AsyncByteStream):
             raise RuntimeError("Attempted to call an async iterator on an sync stream.")
         with map_httpcore_exceptions():
             async for chunk in stream:
+                self.bytes_read += len(chunk)
                 yield chunk
 
     async def aclose(self) -> None:
@@ -415,4 +467,4 @@ class AsyncCoreReleasingStream(httpx.AsyncByteStream):
                 self._closed = True
                 await self._inner.aclose()
         finally:
-            self._release()
+            self._done()

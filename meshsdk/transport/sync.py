@@ -27,6 +27,7 @@ from meshsdk.transport.common import (
 
 if TYPE_CHECKING:
     from meshsdk.mesh import Mesh
+    from meshsdk.telemetry.recorder import OutboundCall
 
 
 class MeshTransport(httpx.BaseTransport):
@@ -47,7 +48,7 @@ class MeshTransport(httpx.BaseTransport):
         self._pool = pool if isinstance(pool, httpcore.ConnectionPool) else None
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        flow = self._mesh._flow(request)
+        flow, call = self._mesh._flow(request)
         sleep = self._mesh._sleep
         value: AttemptResult | None = None
         try:
@@ -55,6 +56,8 @@ class MeshTransport(httpx.BaseTransport):
             while True:
                 if isinstance(effect, Send):
                     value = self._send(effect, request)
+                    if call is not None:
+                        call.attempt(effect.attempt, value)
                 else:
                     value = None
                     if isinstance(effect, Sleep):
@@ -66,9 +69,11 @@ class MeshTransport(httpx.BaseTransport):
                             self._inner, mirror_request(effect.attempt, request))
                 effect = flow.send(value)
         except StopIteration as stop:
-            return self._response(stop.value, request)
+            return self._response(stop.value, request, call)
         except BaseException:
             flow.close()  # cancelled or failed mid-call: the flow gives back what it holds
+            if call is not None:
+                call.finish(0)  # no response reached the caller: recorded as DC
             raise
 
     def _send(self, effect: Send, request: httpx.Request) -> AttemptResult:
@@ -89,9 +94,10 @@ class MeshTransport(httpx.BaseTransport):
             return AttemptResult(classify_exception(exc))
         return classify_response(response)
 
-    def _response(self, result: CallResult, request: httpx.Request) -> httpx.Response:
+    def _response(self, result: CallResult, request: httpx.Request,
+                  call: OutboundCall | None) -> httpx.Response:
         return caller_response(result, request, self._mesh._observe, ReleasingStream,
-                               CoreReleasingStream)
+                               CoreReleasingStream, call)
 
     def close(self) -> None:
         self._inner.close()

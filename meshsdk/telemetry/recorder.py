@@ -1,0 +1,614 @@
+"""``Telemetry``: one workload's metrics, traces and access logs, for both directions.
+
+Drivers call it at the edges of a request and never decide anything themselves:
+
+* outbound (the httpx transports now, the sidecar later): :meth:`Telemetry.outbound`
+  before routing (it rewrites the trace headers and adds ``x-request-id``), then
+  :meth:`OutboundCall.responded` when the head is known and :meth:`OutboundCall.finish`
+  when the caller has read (or dropped) the body;
+* inbound (middlewares, sidecar): :meth:`Telemetry.inbound`, ``with call:`` around
+  the handler so outbound calls inside join its trace and request id, then
+  :meth:`InboundCall.finish`.
+
+What is recorded is decided once per config by :mod:`meshsdk.telemetry.policy`
+(Istio's Telemetry resources and mesh options) and applied here per side
+(``client`` = reporter ``source``, ``server`` = reporter ``destination``).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from meshsdk.config.hosts import kube_service_parts, split_host_port
+from meshsdk.config.mesh import MeshConfig
+from meshsdk.config.resource import Config
+from meshsdk.outcome import format_flags
+from meshsdk.routing.router import BLACKHOLE_ROUTE
+from meshsdk.telemetry.accesslog import (
+    DEFAULT_JSON_LABELS,
+    DEFAULT_TEXT_FORMAT,
+    AccessLogger,
+    Formatter,
+    compile_format,
+    compile_json,
+    file_handler,
+)
+from meshsdk.telemetry.expr import compile_filter, compile_value
+from meshsdk.telemetry.metrics import DEFAULT_VIEW, MetricsSink, MetricsView, OtelMetrics
+from meshsdk.telemetry.policy import (
+    DEFAULT_POLICY,
+    AccessLogProvider,
+    SidePolicy,
+    TelemetryPolicy,
+    resolve_telemetry,
+)
+from meshsdk.telemetry.propagation import (
+    REQUEST_ID,
+    TRACE_HEADERS,
+    Parent,
+    extract,
+    inject,
+    new_request_id,
+)
+from meshsdk.telemetry.record import DEFAULT_CLUSTER_ID, UNKNOWN, CallRecord, Peer, Service
+from meshsdk.telemetry.tracing import SpanStarter, decide_sampling
+from meshsdk.workload import Workload
+
+if TYPE_CHECKING:
+    from meshsdk.config.snapshot import Endpoint
+    from meshsdk.config.snapshot import Service as MeshService
+    from meshsdk.dataplane.flow import Attempt, AttemptResult, CallResult
+
+ACCESS_LOGGER = "meshsdk.access"
+"""Parent logger of the access logs; each provider writes to ``meshsdk.access.<name>``."""
+
+_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "meshsdk_request_id", default=None)
+
+
+def current_request_id() -> str | None:
+    """The ``x-request-id`` of the inbound request being handled, if any."""
+    return _request_id.get()
+
+
+class HeaderSource(Protocol):
+    """Headers that can list themselves (``httpx.Headers``), read only when needed."""
+
+    def multi_items(self) -> list[tuple[str, str]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Side:
+    """One direction's policy, compiled: what to record and how."""
+
+    metrics: bool
+    view: MetricsView
+    sampling: float
+    report_spans: bool
+    propagate: bool
+    tracing: bool
+    custom_tags: tuple[tuple[str, Callable[[Mapping[str, str]], str | None]], ...]
+    loggers: tuple[AccessLogger, ...]
+
+
+_OFF = _Side(False, DEFAULT_VIEW, 0.0, False, False, False, (), ())
+
+
+class Telemetry:
+    """Metrics, tracing and access logging of one workload.
+
+    ``meter_provider``/``tracer_provider`` default to OpenTelemetry's global ones (no-ops
+    until the user installs an SDK). ``metrics`` adds sinks beside the OTel one (e.g.
+    :class:`~meshsdk.telemetry.metrics.PrometheusMetrics` for a ``/metrics`` endpoint).
+    ``clock`` measures durations (injectable for tests), ``wall_clock`` stamps logs.
+    """
+
+    def __init__(self, workload: Workload, *,
+                 meter_provider: Any = None, tracer_provider: Any = None,
+                 metrics: Iterable[MetricsSink] = (), otel_metrics: bool = True,
+                 access_logger: logging.Logger | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time,
+                 rng: random.Random | None = None,
+                 cluster_id: str = DEFAULT_CLUSTER_ID) -> None:
+        self.workload = workload
+        self.peer = Peer.of_workload(workload, cluster_id)
+        self.cluster_id = cluster_id
+        self._sinks: list[MetricsSink] = list(metrics)
+        if otel_metrics:
+            self._sinks.insert(0, OtelMetrics(meter_provider))
+        self._spans = SpanStarter(tracer_provider, rng)
+        self._rng = rng if rng is not None else random.Random()
+        self._clock = clock
+        self._wall = wall_clock
+        self._access_logger = access_logger
+        self._handlers: dict[str, logging.Handler] = {}
+        self._domain = "cluster.local"
+        self.policy: TelemetryPolicy = DEFAULT_POLICY
+        self._client, self._server = self._compile(DEFAULT_POLICY)
+        self._endpoints: dict[tuple[str, int, str], Peer] = {}
+        self._services: dict[tuple[str, str], Service] = {}
+
+    # -- configuration ---------------------------------------------------------------
+
+    def configure(self, config: Config, mesh: MeshConfig, domain: str = "cluster.local"
+                  ) -> None:
+        """Apply the Telemetry resources and mesh options that select this workload.
+
+        Everything is compiled first (formats, filters, tag expressions): a bad one
+        raises :class:`~meshsdk.errors.ConfigError` and the current policy stays.
+        """
+        policy = resolve_telemetry(config, mesh, self.workload.namespace,
+                                   self.workload.labels)
+        client, server = self._compile(policy)
+        self.policy, self._client, self._server = policy, client, server
+        self._domain = domain
+        self._endpoints.clear()
+        self._services.clear()
+
+    def add_sink(self, sink: MetricsSink) -> None:
+        """Record metrics into ``sink`` too (e.g. a PrometheusMetrics for ``/metrics``)."""
+        self._sinks.append(sink)
+
+    def _compile(self, policy: TelemetryPolicy) -> tuple[_Side, _Side]:
+        return (self._compile_side(policy.client, "client"),
+                self._compile_side(policy.server, "server"))
+
+    def _compile_side(self, side: SidePolicy, mode: str) -> _Side:
+        where = f"Telemetry ({mode})"
+        overrides: dict[str, dict[str, Callable[[CallRecord], str] | None]] = {}
+        for metric, tags in side.metrics.tag_overrides.items():
+            compiled: dict[str, Callable[[CallRecord], str] | None] = {}
+            for tag, override in tags.items():
+                if override.operation == "REMOVE":
+                    compiled[tag] = None
+                else:
+                    compiled[tag] = compile_value(override.value or "''",
+                                                  where=f"{where} tagOverrides.{tag}")
+            overrides[metric] = compiled
+        view = (MetricsView(disabled=side.metrics.disabled_metrics, overrides=overrides)
+                if overrides or side.metrics.disabled_metrics else DEFAULT_VIEW)
+        tracing = side.tracing
+        loggers: list[AccessLogger] = []
+        if side.access_log.enabled:
+            for provider in side.access_log.providers:
+                expression = provider.filter_expression
+                flt = (compile_filter(expression, where=f"{where} accessLogging.filter "
+                                                        f"({provider.name})")
+                       if expression else None)
+                loggers.append(AccessLogger(_formatter(provider),
+                                            logger=self._logger_for(provider), filter=flt))
+        custom = tuple((name, _custom_tag(tag)) for name, tag in tracing.custom_tags.items())
+        return _Side(metrics=side.metrics.enabled, view=view,
+                     sampling=tracing.sampling_percentage if tracing.enabled else 0.0,
+                     report_spans=tracing.enabled and not tracing.disable_span_reporting,
+                     propagate=not tracing.disable_context_propagation,
+                     tracing=tracing.enabled, custom_tags=custom, loggers=tuple(loggers))
+
+    def _logger_for(self, provider: AccessLogProvider) -> logging.Logger:
+        if self._access_logger is not None:
+            return self._access_logger
+        logger = logging.getLogger(f"{ACCESS_LOGGER}.{provider.name}")
+        if provider.path not in self._handlers:
+            self._handlers[provider.path] = file_handler(provider.path)
+        handler = self._handlers[provider.path]
+        if handler not in logger.handlers:
+            logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False  # written once, to its file, not again by the root logger
+        return logger
+
+    def close(self) -> None:
+        """Close the access log files this object opened."""
+        for path, handler in self._handlers.items():
+            for name in list(logging.Logger.manager.loggerDict):
+                if name.startswith(ACCESS_LOGGER):
+                    logging.getLogger(name).removeHandler(handler)
+            if path != "/dev/stdout":
+                handler.close()
+        self._handlers.clear()
+
+    # -- outbound ------------------------------------------------------------------
+
+    def outbound(self, method: str, scheme: str, authority: str, path: str,
+                 headers: list[tuple[str, str]]) -> OutboundCall:
+        """Start an outbound call; ``headers`` (lower-case names) gets the mesh's trace
+        headers in place of any the app set, and an ``x-request-id`` if it had none."""
+        side = self._client
+        request_id = None
+        found_trace = False
+        for name, value in headers:
+            if name == REQUEST_ID:
+                request_id = value
+            elif name in TRACE_HEADERS:
+                found_trace = True
+        if request_id is None:
+            request_id = _request_id.get() or new_request_id()
+            headers.append((REQUEST_ID, request_id))
+        parent: Parent | None = None
+        current = trace.get_current_span().get_span_context()
+        if current.is_valid:
+            parent = Parent(current, decided=True)
+        elif found_trace:
+            parent = extract(headers)  # the app forwarded its inbound headers by hand
+        span: Span | None = None
+        if side.tracing:
+            sampled = decide_sampling(parent, side.sampling, self._rng)
+            span = self._spans.start(
+                _span_name(authority, scheme), SpanKind.CLIENT,
+                parent.context if parent is not None else None, sampled, side.report_spans,
+                {"http.request.method": method, "url.full": f"{scheme}://{authority}{path}",
+                 "mesh.request_id": request_id}) if side.propagate or side.report_spans \
+                else None
+            if span is not None and side.propagate:
+                if found_trace:
+                    headers[:] = [(k, v) for k, v in headers if k not in TRACE_HEADERS]
+                ctx = span.get_span_context()
+                headers.extend(inject(ctx, parent.context.span_id if parent else None))
+        return OutboundCall(self, side, method, scheme, authority, path, headers, request_id,
+                            span, self._clock(), self._wall())
+
+    # -- inbound -------------------------------------------------------------------
+
+    def inbound(self, method: str, scheme: str, authority: str, path: str,
+                headers: Sequence[tuple[str, str]], *, source: Peer | None = None,
+                service: Service | None = None, remote_address: str | None = None,
+                local_address: str | None = None, server_name: str | None = None,
+                security_policy: str = "none", span_name: str | None = None
+                ) -> InboundCall:
+        """Start an inbound request: extract the caller's trace context (W3C or B3),
+        decide sampling, open the server span. ``with call:`` makes it current for
+        the handler; :meth:`InboundCall.finish` records it (reporter ``destination``).
+        ``headers`` are the request's, names lower-case."""
+        side = self._server
+        items = list(headers)
+        request_id = next((v for k, v in items if k == REQUEST_ID), None)
+        if request_id is None:
+            request_id = new_request_id()
+            items.append((REQUEST_ID, request_id))
+        parent = extract(items)
+        span: Span | None = None
+        if side.tracing:
+            sampled = decide_sampling(parent, side.sampling, self._rng)
+            attributes: dict[str, str | int | float | bool] = {
+                "http.request.method": method, "url.path": path.partition("?")[0],
+                "url.scheme": scheme, "server.address": split_host_port(authority)[0],
+                "mesh.request_id": request_id}
+            if remote_address:
+                attributes["client.address"] = remote_address
+            span = self._spans.start(span_name or _span_name(authority, scheme),
+                                     SpanKind.SERVER,
+                                     parent.context if parent is not None else None,
+                                     sampled, side.report_spans, attributes)
+        if service is None:
+            host = split_host_port(authority)[0]
+            service = self._service_of_host(host)
+        return InboundCall(self, side, method, scheme, authority, path, items, request_id,
+                           span, source or Peer(), service, remote_address, local_address,
+                           server_name, security_policy, self._clock(), self._wall())
+
+    # -- shared ---------------------------------------------------------------------
+
+    def _emit(self, side: _Side, record: CallRecord) -> None:
+        if side.metrics:
+            view = side.view
+            for sink in self._sinks:
+                sink.record(record, view)
+        for logger in side.loggers:
+            logger.log(record)
+
+    def _destination(self, endpoint: Endpoint | None) -> Peer:
+        if endpoint is None:
+            return Peer()
+        key = (endpoint.address, endpoint.port, endpoint.source)
+        peer = self._endpoints.get(key)
+        if peer is None:
+            if len(self._endpoints) > 4096:
+                self._endpoints.clear()
+            peer = self._endpoints[key] = Peer.of_endpoint(endpoint, self.cluster_id)
+        return peer
+
+    def _service(self, result: CallResult, authority: str) -> Service:
+        svc = result.service
+        if svc is not None:
+            return self._mesh_service(svc)
+        decision = result.decision
+        host = split_host_port(authority)[0]
+        if decision is not None and decision.passthrough:
+            return Service(host=host, name="PassthroughCluster")
+        if decision is not None and decision.route_name == BLACKHOLE_ROUTE:
+            return Service(host=host, name="BlackHoleCluster")
+        if decision is not None and decision.service is not None:
+            return self._mesh_service(decision.service)
+        return Service(host=decision.fqdn if decision is not None else host)
+
+    def _mesh_service(self, svc: MeshService) -> Service:
+        key = (svc.hostname, svc.namespace)
+        out = self._services.get(key)
+        if out is None:
+            parts = kube_service_parts(svc.hostname, self._domain)
+            name = parts[0] if parts else svc.hostname
+            out = self._services[key] = Service(svc.hostname, name, svc.namespace)
+        return out
+
+    def _service_of_host(self, host: str) -> Service:
+        parts = kube_service_parts(host, self._domain)
+        if parts is not None:
+            return Service(host, parts[0], parts[1])
+        return Service(host, host.partition(".")[0] or UNKNOWN, self.workload.namespace)
+
+
+def _span_name(authority: str, scheme: str) -> str:
+    """Envoy's span name for a request: ``host:port/*``."""
+    host, port = split_host_port(authority)
+    return f"{host}:{port or (443 if scheme == 'https' else 80)}/*"
+
+
+def _formatter(provider: AccessLogProvider) -> Formatter:
+    if provider.encoding == "JSON":
+        return compile_json(provider.json_labels or DEFAULT_JSON_LABELS)
+    return compile_format(provider.text_format or DEFAULT_TEXT_FORMAT)
+
+
+def _custom_tag(tag: Any) -> Callable[[Mapping[str, str]], str | None]:
+    """A Telemetry ``customTags`` entry as a function of the request headers."""
+    if tag.literal is not None:
+        value = tag.literal.value
+        return lambda headers: value
+    if tag.environment is not None:
+        env = os.environ.get(tag.environment.name, tag.environment.default_value)
+        return lambda headers: env
+    if tag.header is not None:
+        name, default = tag.header.name.lower(), tag.header.default_value
+        return lambda headers: headers.get(name, default)
+    return lambda headers: None
+
+
+def _grpc_status(headers: Iterable[tuple[str, str]]) -> int | None:
+    for name, value in headers:
+        if name == "grpc-status" and value.isdigit():
+            return int(value)
+    return None
+
+
+def _content_length(headers: Iterable[tuple[str, str]]) -> int:
+    for name, value in headers:
+        if name == "content-length" and value.isdigit():
+            return int(value)
+    return 0
+
+
+def _protocol(headers: Iterable[tuple[str, str]]) -> str:
+    for name, value in headers:
+        if name == "content-type" and value.startswith("application/grpc"):
+            return "grpc"
+    return "http"
+
+
+@dataclass(slots=True, eq=False)
+class OutboundCall:
+    """One outbound call in progress (see :meth:`Telemetry.outbound`)."""
+
+    telemetry: Telemetry
+    side: _Side
+    method: str
+    scheme: str
+    authority: str
+    path: str
+    headers: list[tuple[str, str]]
+    request_id: str
+    span: Span | None
+    started: float
+    started_wall: float
+    result: CallResult | None = None
+    response_at: float | None = None
+    response_headers: Sequence[tuple[str, str]] | HeaderSource = ()
+    protocol: str = "HTTP/1.1"
+    done: bool = field(default=False)
+
+    @property
+    def recording(self) -> bool:
+        return self.span is not None and self.span.is_recording()
+
+    def attempt(self, attempt: Attempt, result: AttemptResult) -> None:
+        """Note one attempt (an event on the span when it records)."""
+        span = self.span
+        if span is not None and span.is_recording():
+            outcome = result.outcome
+            span.add_event("mesh.attempt", {
+                "mesh.upstream.host": attempt.endpoint.authority if attempt.endpoint else "",
+                "http.response.status_code": outcome.status or 0,
+                "mesh.failure": outcome.failure.value if outcome.failure else ""})
+
+    def responded(self, result: CallResult,
+                  headers: Sequence[tuple[str, str]] | HeaderSource,
+                  protocol: str | None = None) -> None:
+        """The caller's response head is ready (time to first byte). ``headers`` may be
+        an ``httpx.Headers``: it is only read if something needs it."""
+        self.result = result
+        self.response_at = self.telemetry._clock()
+        self.response_headers = headers
+        if protocol:
+            self.protocol = protocol
+
+    def finish(self, bytes_sent: int) -> None:
+        """The caller is done with the body: record metrics, log, end the span. Once."""
+        if self.done:
+            return
+        self.done = True
+        tel = self.telemetry
+        result = self.result
+        now = tel._clock()
+        status = (result.status or 0) if result is not None else 0
+        flags = format_flags(result.flags) if result is not None else "DC"
+        given = self.response_headers
+        response_headers = (given if isinstance(given, (list, tuple))
+                            else given.multi_items())  # type: ignore[union-attr]
+        service = (tel._service(result, self.authority) if result is not None
+                   else Service(host=split_host_port(self.authority)[0]))
+        record = CallRecord(
+            reporter="source", start_time=self.started_wall, duration=now - self.started,
+            method=self.method, path=self.path, authority=self.authority, scheme=self.scheme,
+            protocol=self.protocol, request_protocol=_protocol(self.headers),
+            status=status, grpc_status=_grpc_status(response_headers) if result else None,
+            response_flags=flags, bytes_received=_content_length(self.headers),
+            bytes_sent=bytes_sent,
+            response_duration=(self.response_at - self.started
+                               if self.response_at is not None else None),
+            request_headers=self.headers, response_headers=response_headers,
+            request_id=self.request_id,
+            route_name=result.route_name if result is not None else "",
+            upstream_cluster=result.cluster if result is not None else None,
+            upstream_host=(result.endpoint.authority
+                           if result is not None and result.endpoint is not None
+                           and result.local_reply is None else None),
+            attempts=result.attempts if result is not None else 0,
+            source=tel.peer,
+            destination=tel._destination(result.endpoint if result is not None else None),
+            service=service, connection_security_policy=UNKNOWN)
+        span = self.span
+        if span is not None:
+            ctx = span.get_span_context()
+            record.trace_id = f"{ctx.trace_id:032x}"
+            record.span_id = f"{ctx.span_id:016x}"
+            if span.is_recording():
+                _end_span(span, record, self.side, client=True)
+        tel._emit(self.side, record)
+
+
+@dataclass(slots=True, eq=False)
+class InboundCall:
+    """One inbound request in progress (see :meth:`Telemetry.inbound`)."""
+
+    telemetry: Telemetry
+    side: _Side
+    method: str
+    scheme: str
+    authority: str
+    path: str
+    headers: list[tuple[str, str]]
+    request_id: str
+    span: Span | None
+    source: Peer
+    service: Service
+    remote_address: str | None
+    local_address: str | None
+    server_name: str | None
+    security_policy: str
+    started: float
+    started_wall: float
+    done: bool = False
+    _tokens: list[tuple[object, contextvars.Token[str | None]]] = field(default_factory=list)
+
+    def __enter__(self) -> InboundCall:
+        """Make this request's trace context and request id current (for outbound calls)."""
+        ctx_token = (otel_context.attach(trace.set_span_in_context(self.span))
+                     if self.span is not None else None)
+        self._tokens.append((ctx_token, _request_id.set(self.request_id)))
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        ctx_token, rid_token = self._tokens.pop()
+        _request_id.reset(rid_token)
+        if ctx_token is not None:
+            otel_context.detach(ctx_token)  # type: ignore[arg-type]
+
+    @property
+    def trace_headers(self) -> list[tuple[str, str]]:
+        """Headers that carry this request's span onward (for hand-made outbound calls)."""
+        if self.span is None:
+            return []
+        return inject(self.span.get_span_context())
+
+    def finish(self, status: int, *, bytes_sent: int = 0, bytes_received: int | None = None,
+               response_headers: Sequence[tuple[str, str]] = (), flags: str = "-",
+               grpc_status: int | None = None, protocol: str = "HTTP/1.1",
+               response_duration: float | None = None) -> CallRecord:
+        """Record the request (reporter ``destination``) and end its span; returns the
+        record. ``status`` 0 means no response was sent (downstream went away)."""
+        tel = self.telemetry
+        record = CallRecord(
+            reporter="destination", start_time=self.started_wall,
+            duration=tel._clock() - self.started, method=self.method, path=self.path,
+            authority=self.authority, scheme=self.scheme, protocol=protocol,
+            request_protocol=_protocol(self.headers), status=status,
+            grpc_status=grpc_status if grpc_status is not None
+            else _grpc_status(response_headers),
+            response_flags=flags, bytes_received=(bytes_received if bytes_received is not None
+                                                  else _content_length(self.headers)),
+            bytes_sent=bytes_sent, response_duration=response_duration,
+            request_headers=self.headers, response_headers=response_headers,
+            request_id=self.request_id, source=self.source, destination=tel.peer,
+            service=self.service, connection_security_policy=self.security_policy,
+            downstream_remote_address=self.remote_address,
+            downstream_local_address=self.local_address,
+            requested_server_name=self.server_name,
+            upstream_cluster=f"inbound|{split_host_port(self.authority)[1] or ''}||",
+            upstream_host=self.local_address)
+        if self.done:
+            return record
+        self.done = True
+        span = self.span
+        if span is not None:
+            ctx = span.get_span_context()
+            record.trace_id = f"{ctx.trace_id:032x}"
+            record.span_id = f"{ctx.span_id:016x}"
+            if span.is_recording():
+                _end_span(span, record, self.side, client=False)
+        tel._emit(self.side, record)
+        return record
+
+
+def _end_span(span: Span, record: CallRecord, side: _Side, *, client: bool) -> None:
+    """Attributes known at the end (OTel HTTP conventions plus the mesh's), then end."""
+    span.set_attribute("http.response.status_code", record.status)
+    span.set_attribute("network.protocol.version", record.protocol.partition("/")[2] or "1.1")
+    span.set_attribute("mesh.response_flags", record.response_flags)
+    span.set_attribute("mesh.attempts", record.attempts)
+    span.set_attribute("mesh.destination.service", record.service.host)
+    span.set_attribute("istio.canonical_service", record.source.canonical_service
+                       if client else record.destination.canonical_service)
+    span.set_attribute("istio.namespace", record.source.namespace
+                       if client else record.destination.namespace)
+    if record.route_name:
+        span.set_attribute("mesh.route", record.route_name)
+    if record.upstream_cluster:
+        span.set_attribute("mesh.upstream_cluster", record.upstream_cluster)
+        parts = record.upstream_cluster.split("|")
+        if len(parts) == 4 and parts[2]:
+            span.set_attribute("mesh.destination.subset", parts[2])
+    if record.upstream_host:
+        host, port = split_host_port(record.upstream_host)
+        span.set_attribute("network.peer.address", host)
+        if port:
+            span.set_attribute("network.peer.port", port)
+    if record.grpc_status is not None:
+        span.set_attribute("rpc.grpc.status_code", record.grpc_status)
+    if side.custom_tags:
+        headers = {k: v for k, v in record.request_headers}
+        for name, tag in side.custom_tags:
+            value = tag(headers)
+            if value is not None:
+                span.set_attribute(name, value)
+    status = record.status
+    if status == 0 or status >= 500 or (client and status >= 400):
+        span.set_status(Status(StatusCode.ERROR))
+        span.set_attribute("error.type", str(status) if status else record.response_flags)
+    span.end()
+
+
+__all__ = ["ACCESS_LOGGER", "InboundCall", "OutboundCall", "Telemetry",
+           "current_request_id"]

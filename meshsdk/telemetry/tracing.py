@@ -1,0 +1,79 @@
+"""Spans through ``opentelemetry-api`` only: the user brings the SDK and exporter.
+
+The mesh decides sampling the way Istio's sidecar does (the caller's decision if it
+made one, else ``randomSamplingPercentage``, 1% by default) and then:
+
+* sampled, reporting on: a real span from the user's tracer provider, as a child of
+  the current or received context. Configure the SDK with its default sampler
+  (``ParentBased(ALWAYS_ON)``) so it keeps the mesh's decision.
+* not sampled, or no SDK installed, or ``disableSpanReporting``: a non-recording span
+  with fresh ids, so the trace context still reaches the next hop (and its sampling
+  decision with it) at the cost of two random numbers.
+
+Retries do not get spans of their own: each attempt is an event on the call's span
+(``mesh.attempt``), as Envoy reports one span per request by default; the span's
+``mesh.attempts`` attribute counts them.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, TraceFlags
+
+from meshsdk.telemetry.propagation import Parent
+
+INSTRUMENTATION = "meshsdk"
+
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
+
+
+def decide_sampling(parent: Parent | None, percentage: float, rng: random.Random) -> bool:
+    """Sample this request? The caller's decision when it made one, else a draw."""
+    if parent is not None and parent.decided:
+        return parent.sampled
+    if percentage >= 100.0:
+        return True
+    return percentage > 0.0 and rng.random() * 100.0 < percentage
+
+
+class SpanStarter:
+    """Starts client and server spans under a sampling decision already made."""
+
+    def __init__(self, tracer_provider: trace.TracerProvider | None = None,
+                 rng: random.Random | None = None) -> None:
+        self._tracer = trace.get_tracer(INSTRUMENTATION, tracer_provider=tracer_provider)
+        self._rng = rng if rng is not None else random.Random()
+
+    def start(self, name: str, kind: SpanKind, parent: SpanContext | None, sampled: bool,
+              report: bool, attributes: Mapping[str, str | int | float | bool],
+              start_time_ns: int | None = None) -> Span:
+        """A span for one request; recording only when sampled and reported."""
+        if sampled and report:
+            ctx = (trace.set_span_in_context(NonRecordingSpan(parent),
+                                             otel_context.Context())
+                   if parent is not None else otel_context.Context())
+            span = self._tracer.start_span(name, context=ctx, kind=kind,
+                                           attributes=dict(attributes),
+                                           start_time=start_time_ns)
+            if span.get_span_context().is_valid:
+                return span
+            # the API's no-op tracer (no SDK installed): still propagate a context
+        return NonRecordingSpan(self._context(parent, sampled))
+
+    def _context(self, parent: SpanContext | None, sampled: bool) -> SpanContext:
+        rng = self._rng
+        span_id = rng.getrandbits(64) or 1
+        if parent is not None:
+            return SpanContext(parent.trace_id, span_id, is_remote=False,
+                               trace_flags=_SAMPLED if sampled else _NOT_SAMPLED,
+                               trace_state=parent.trace_state)
+        return SpanContext(rng.getrandbits(128) or 1, span_id, is_remote=False,
+                           trace_flags=_SAMPLED if sampled else _NOT_SAMPLED)
+
+
+__all__ = ["INSTRUMENTATION", "SpanStarter", "decide_sampling"]
