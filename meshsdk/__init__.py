@@ -27,6 +27,19 @@ from meshsdk.workload import Workload
 
 __version__ = "0.1.0"
 
+_LAZY = {"Telemetry": "meshsdk.telemetry", "current_request_id": "meshsdk.telemetry"}
+
+
+def __getattr__(name: str) -> object:
+    """Telemetry names load on first use: OpenTelemetry, Prometheus and CEL are not
+    imported by ``import meshsdk`` alone."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'meshsdk' has no attribute {name!r}")
+    import importlib
+    return getattr(importlib.import_module(module), name)
+
+
 __all__ = [
     "AsyncMeshTransport",
     "CallInfo",
@@ -42,10 +55,12 @@ __all__ = [
     "MeshTransport",
     "Resource",
     "Snapshot",
+    "Telemetry",
     "UsageError",
     "Workload",
     "__version__",
     "current_deadline",
+    "current_request_id",
     "deadline_scope",
     "load_config",
     "load_path",

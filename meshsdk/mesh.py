@@ -26,6 +26,7 @@ from meshsdk.config.snapshot import ClientView, Snapshot
 from meshsdk.dataplane.clusters import ClusterRegistry
 from meshsdk.dataplane.flow import AttemptResult, CallContext, CallResult, Effect, call_flow
 from meshsdk.deadline import current_deadline
+from meshsdk.errors import UsageError
 from meshsdk.routing.request import RequestView
 from meshsdk.transport.async_ import AsyncMeshTransport
 from meshsdk.transport.common import CallInfo, header_value, replayable
@@ -35,6 +36,7 @@ from meshsdk.transport.sync import MeshTransport
 from meshsdk.workload import Workload
 
 if TYPE_CHECKING:
+    from meshsdk.telemetry.prometheus import MetricsServer
     from meshsdk.telemetry.recorder import OutboundCall, Telemetry
 
 ConfigSource = Config | str | os.PathLike[str]
@@ -134,6 +136,15 @@ class Mesh:
         """The async twin of :meth:`client`."""
         kwargs.setdefault("timeout", None)
         return httpx.AsyncClient(transport=self.async_transport(), **kwargs)
+
+    def serve_metrics(self, port: int = 15090, host: str = "127.0.0.1") -> MetricsServer:
+        """Serve this workload's Istio metrics for Prometheus at ``http://host:port/metrics``
+        (15090 is the port Istio's sidecars use); ``close()`` the returned server."""
+        if self.telemetry is None:
+            raise UsageError("serve_metrics needs telemetry; this mesh was built with "
+                             "telemetry=False")
+        from meshsdk.telemetry.prometheus import serve_metrics
+        return serve_metrics(self.telemetry.prometheus().registry, port=port, host=host)
 
     def add_observer(self, observer: CallObserver) -> None:
         """Call ``observer(request, result, info)`` after every call (telemetry hooks)."""

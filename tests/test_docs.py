@@ -14,6 +14,8 @@ import pytest
 
 import meshsdk
 import meshsdk.config
+import meshsdk.mesh
+import meshsdk.telemetry
 from meshsdk.config import reference
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +34,8 @@ def test_reference_lists_every_supported_kind() -> None:
     assert "## MeshConfig\n" in rendered
 
 
-@pytest.mark.parametrize("module", [meshsdk, meshsdk.config], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [meshsdk, meshsdk.config, meshsdk.telemetry, meshsdk.mesh],
+                         ids=lambda m: m.__name__)
 def test_docstring_examples_run(module: object, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
     failures, tried = doctest.testmod(module, verbose=False)  # type: ignore[arg-type]
@@ -45,7 +48,8 @@ def _python_blocks(path: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", text, flags=re.S)
 
 
-@pytest.mark.parametrize("doc", ["README.md", "docs/getting-started.md", "docs/data-path.md"])
+@pytest.mark.parametrize("doc", ["README.md", "docs/getting-started.md", "docs/data-path.md",
+                                 "docs/observability.md"])
 def test_python_examples_in_docs_run(doc: str) -> None:
     blocks = _python_blocks(ROOT / doc)
     assert blocks, f"{doc} has no python example"

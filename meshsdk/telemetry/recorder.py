@@ -46,7 +46,13 @@ from meshsdk.telemetry.accesslog import (
     file_handler,
 )
 from meshsdk.telemetry.expr import compile_filter, compile_value
-from meshsdk.telemetry.metrics import DEFAULT_VIEW, MetricsSink, MetricsView, OtelMetrics
+from meshsdk.telemetry.metrics import (
+    DEFAULT_VIEW,
+    MetricsSink,
+    MetricsView,
+    OtelMetrics,
+    PrometheusMetrics,
+)
 from meshsdk.telemetry.policy import (
     DEFAULT_POLICY,
     AccessLogProvider,
@@ -60,7 +66,6 @@ from meshsdk.telemetry.propagation import (
     Parent,
     extract,
     inject,
-    new_request_id,
 )
 from meshsdk.telemetry.record import DEFAULT_CLUSTER_ID, UNKNOWN, CallRecord, Peer, Service
 from meshsdk.telemetry.tracing import SpanStarter, decide_sampling
@@ -103,7 +108,9 @@ class _Side:
     loggers: tuple[AccessLogger, ...]
 
 
-_OFF = _Side(False, DEFAULT_VIEW, 0.0, False, False, False, (), ())
+_NO_ATTRIBUTES: Mapping[str, str] = {}
+_UUID4_MASK = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
+_UUID4_BITS = (0x4 << 76) | (0x2 << 62)   # version 4, RFC 4122 variant
 
 
 class Telemetry:
@@ -140,6 +147,7 @@ class Telemetry:
         self._client, self._server = self._compile(DEFAULT_POLICY)
         self._endpoints: dict[tuple[str, int, str], Peer] = {}
         self._services: dict[tuple[str, str], Service] = {}
+        self._targets: dict[tuple[str, str], tuple[str, str]] = {}
 
     # -- configuration ---------------------------------------------------------------
 
@@ -161,6 +169,17 @@ class Telemetry:
     def add_sink(self, sink: MetricsSink) -> None:
         """Record metrics into ``sink`` too (e.g. a PrometheusMetrics for ``/metrics``)."""
         self._sinks.append(sink)
+
+    def prometheus(self) -> PrometheusMetrics:
+        """The Prometheus sink of this workload, created (and recorded into) on first use:
+        its ``registry`` is what :func:`~meshsdk.telemetry.prometheus.serve_metrics` and
+        the WSGI/ASGI apps expose."""
+        for sink in self._sinks:
+            if isinstance(sink, PrometheusMetrics):
+                return sink
+        sink = PrometheusMetrics()
+        self._sinks.append(sink)
+        return sink
 
     def _compile(self, policy: TelemetryPolicy) -> tuple[_Side, _Side]:
         return (self._compile_side(policy.client, "client"),
@@ -229,36 +248,55 @@ class Telemetry:
         side = self._client
         request_id = None
         found_trace = False
-        for name, value in headers:
+        length = 0
+        grpc = False
+        for name, value in headers:  # one pass for everything the call needs to know
             if name == REQUEST_ID:
                 request_id = value
             elif name in TRACE_HEADERS:
                 found_trace = True
+            elif name == "content-length":
+                length = int(value) if value.isdigit() else 0
+            elif name == "content-type":
+                grpc = value.startswith("application/grpc")
         if request_id is None:
-            request_id = _request_id.get() or new_request_id()
+            request_id = _request_id.get() or self._new_request_id()
             headers.append((REQUEST_ID, request_id))
-        parent: Parent | None = None
-        current = trace.get_current_span().get_span_context()
-        if current.is_valid:
-            parent = Parent(current, decided=True)
-        elif found_trace:
-            parent = extract(headers)  # the app forwarded its inbound headers by hand
+        target = self._targets.get((authority, scheme))
+        if target is None:
+            if len(self._targets) > 4096:
+                self._targets.clear()
+            target = self._targets[(authority, scheme)] = (
+                _span_name(authority, scheme), _with_port(authority, scheme))
         span: Span | None = None
-        if side.tracing:
+        if side.tracing and (side.propagate or side.report_spans):
+            parent: Parent | None = None
+            current = trace.get_current_span().get_span_context()
+            if current.is_valid:
+                parent = Parent(current, decided=True)
+            elif found_trace:
+                parent = extract(headers)  # the app forwarded its inbound headers by hand
             sampled = decide_sampling(parent, side.sampling, self._rng)
+            report = sampled and side.report_spans
             span = self._spans.start(
-                _span_name(authority, scheme), SpanKind.CLIENT,
-                parent.context if parent is not None else None, sampled, side.report_spans,
+                target[0], SpanKind.CLIENT, parent.context if parent is not None else None,
+                sampled, report,
                 {"http.request.method": method, "url.full": f"{scheme}://{authority}{path}",
-                 "mesh.request_id": request_id}) if side.propagate or side.report_spans \
-                else None
-            if span is not None and side.propagate:
+                 "mesh.request_id": request_id} if report else _NO_ATTRIBUTES)
+            if side.propagate:
                 if found_trace:
                     headers[:] = [(k, v) for k, v in headers if k not in TRACE_HEADERS]
-                ctx = span.get_span_context()
-                headers.extend(inject(ctx, parent.context.span_id if parent else None))
+                headers.extend(inject(span.get_span_context(),
+                                      parent.context.span_id if parent else None))
         return OutboundCall(self, side, method, scheme, authority, path, headers, request_id,
-                            span, self._clock(), self._wall())
+                            span, self._clock(), self._wall(), length, grpc, target[1])
+
+    def _new_request_id(self) -> str:
+        """A random (version 4) UUID, as Envoy generates for ``x-request-id``; from this
+        object's random source rather than ``uuid.uuid4()``: an id needs uniqueness,
+        not secrecy, and this is several times cheaper."""
+        h = f"{self._rng.getrandbits(128) & _UUID4_MASK | _UUID4_BITS:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
     # -- inbound -------------------------------------------------------------------
 
@@ -276,7 +314,7 @@ class Telemetry:
         items = list(headers)
         request_id = next((v for k, v in items if k == REQUEST_ID), None)
         if request_id is None:
-            request_id = new_request_id()
+            request_id = self._new_request_id()
             items.append((REQUEST_ID, request_id))
         parent = extract(items)
         span: Span | None = None
@@ -356,6 +394,35 @@ def _span_name(authority: str, scheme: str) -> str:
     return f"{host}:{port or (443 if scheme == 'https' else 80)}/*"
 
 
+_DETAILS = {
+    "FI": "fault_filter_abort", "UH": "no_healthy_upstream", "NR": "route_not_found",
+    "NC": "cluster_not_found", "UT": "response_timeout",
+    "UO": "upstream_reset_before_response_started{overflow}",
+    "UF": "upstream_reset_before_response_started{connection_failure}",
+    "UR": "upstream_reset_before_response_started{remote_reset}",
+}
+
+
+def _details(result: CallResult | None) -> str | None:
+    """Envoy's ``%RESPONSE_CODE_DETAILS%``: who produced the response, and why."""
+    if result is None:
+        return None
+    if result.local_reply is None:
+        return "via_upstream"
+    for flag in reversed(result.flags):
+        details = _DETAILS.get(flag.value)
+        if details is not None:
+            return details
+    return "direct_response"
+
+
+def _with_port(authority: str, scheme: str) -> str:
+    """``host:port`` of the address the app called (the port made explicit)."""
+    host, port = split_host_port(authority)
+    port = port or (443 if scheme == "https" else 80)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _formatter(provider: AccessLogProvider) -> Formatter:
     if provider.encoding == "JSON":
         return compile_json(provider.json_labels or DEFAULT_JSON_LABELS)
@@ -412,6 +479,9 @@ class OutboundCall:
     span: Span | None
     started: float
     started_wall: float
+    request_bytes: int = 0
+    grpc: bool = False
+    local_address: str | None = None   # the address the app called, port explicit
     result: CallResult | None = None
     response_at: float | None = None
     response_headers: Sequence[tuple[str, str]] | HeaderSource = ()
@@ -461,9 +531,10 @@ class OutboundCall:
         record = CallRecord(
             reporter="source", start_time=self.started_wall, duration=now - self.started,
             method=self.method, path=self.path, authority=self.authority, scheme=self.scheme,
-            protocol=self.protocol, request_protocol=_protocol(self.headers),
-            status=status, grpc_status=_grpc_status(response_headers) if result else None,
-            response_flags=flags, bytes_received=_content_length(self.headers),
+            protocol=self.protocol, request_protocol="grpc" if self.grpc else "http",
+            status=status,
+            grpc_status=_grpc_status(response_headers) if result and self.grpc else None,
+            response_flags=flags, bytes_received=self.request_bytes,
             bytes_sent=bytes_sent,
             response_duration=(self.response_at - self.started
                                if self.response_at is not None else None),
@@ -477,7 +548,9 @@ class OutboundCall:
             attempts=result.attempts if result is not None else 0,
             source=tel.peer,
             destination=tel._destination(result.endpoint if result is not None else None),
-            service=service, connection_security_policy=UNKNOWN)
+            service=service, connection_security_policy=UNKNOWN,
+            downstream_local_address=self.local_address,
+            response_code_details=_details(result))
         span = self.span
         if span is not None:
             ctx = span.get_span_context()
