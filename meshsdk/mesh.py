@@ -38,6 +38,7 @@ from meshsdk.workload import Workload
 if TYPE_CHECKING:
     from meshsdk.telemetry.prometheus import MetricsServer
     from meshsdk.telemetry.recorder import OutboundCall, Telemetry
+    from meshsdk.transport.tls import ClientCredentials
 
 ConfigSource = Config | str | os.PathLike[str]
 CallObserver = Callable[[httpx.Request, CallResult, CallInfo], None]
@@ -56,8 +57,10 @@ class Mesh:
 
     ``clock``, ``sleep`` and ``rng`` are injectable so tests can drive timeouts,
     backoff and outlier detection with a fake clock and fixed random numbers.
-    ``telemetry`` is on by default, as in Istio (metrics through OpenTelemetry's global
-    meter provider, 1% of traces, no access log): pass a configured
+    ``identity`` (a :class:`~meshsdk.security.identity.WorkloadIdentity`) gives the
+    certificate for mesh mTLS. ``telemetry`` is on by default, as in Istio (metrics
+    through OpenTelemetry's global meter provider, 1% of traces, no access log): pass
+    a configured
     :class:`~meshsdk.telemetry.Telemetry`, or ``False`` for none at all.
     """
 
@@ -66,8 +69,12 @@ class Mesh:
                  sleep: Callable[[float], None] = time.sleep,
                  async_sleep: Callable[[float], Any] = asyncio.sleep,
                  rng: random.Random | None = None,
-                 telemetry: Telemetry | bool = True) -> None:
+                 telemetry: Telemetry | bool = True,
+                 identity: ClientCredentials | None = None) -> None:
         self.workload = workload if workload is not None else Workload.from_env()
+        self.identity = identity
+        """The workload's mesh certificate source (``WorkloadIdentity``), for outbound
+        mTLS; None: no mTLS (auto mTLS stays off, ISTIO_MUTUAL fails with 503 UF)."""
         if telemetry is True:
             from meshsdk.telemetry.recorder import Telemetry
             # its own random source: sampling draws must not shift the routing
@@ -175,7 +182,8 @@ class Mesh:
                                  items, source=self.workload)
         ctx = CallContext(view, state.snapshot, state.view, self._clusters, self._clock,
                           self._rng, replayable=replayable(request, items),
-                          deadline=_deadline_now(self._clock))
+                          deadline=_deadline_now(self._clock),
+                          identity=self.identity is not None)
         return call_flow(ctx), call
 
     def _observe(self, request: httpx.Request, result: CallResult, info: CallInfo) -> None:

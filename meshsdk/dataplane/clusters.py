@@ -16,11 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from meshsdk.config.mesh import MeshConfig
 from meshsdk.config.snapshot import ClientView, Endpoint, Service, Snapshot
 from meshsdk.resilience.balancer import Balancer, make_balancer
 from meshsdk.resilience.budget import RetryBudget, make_retry_budget
 from meshsdk.resilience.limits import ConnectionLimits
 from meshsdk.resilience.outlier import OutlierDetector
+from meshsdk.security.origination import TLS_MODE_LABEL, TlsOrigination, plan_origination
 
 PASSTHROUGH = "PassthroughCluster"
 
@@ -56,11 +58,14 @@ class Cluster:
         self.limits = ConnectionLimits(None, default_connect_timeout=connect_timeout)
         self.budget: RetryBudget = make_retry_budget(None, clock)
         self._budget_settings: Any = None
+        # TLS to open, per "endpoint speaks mesh mTLS" (the only endpoint fact it reads)
+        self._tls: dict[bool, TlsOrigination | None] = {}
 
     def refresh(self, snapshot: Snapshot, service: Service | None, policy: Any,
                 endpoints: tuple[Endpoint, ...]) -> None:
         """Adopt a new snapshot's policy and endpoints, keeping learned state."""
         self.snapshot, self.service, self.endpoints = snapshot, service, endpoints
+        self._tls = {}
         if policy is self.policy and policy is not None:
             return
         self.policy = policy
@@ -80,6 +85,23 @@ class Cluster:
         if budget != self._budget_settings:
             self.budget = make_retry_budget(budget, self._clock)
             self._budget_settings = budget
+
+    def tls_for(self, endpoint: Endpoint, mesh: MeshConfig, identity: bool
+                ) -> TlsOrigination | None:
+        """The TLS to open to ``endpoint`` (None: plaintext), decided once per cluster
+        and kind of endpoint (:func:`~meshsdk.security.origination.plan_origination`)."""
+        speaks_mtls = endpoint.labels.get(TLS_MODE_LABEL) == "istio"
+        try:
+            return self._tls[speaks_mtls]
+        except KeyError:
+            key = self.key
+            plan = plan_origination(
+                getattr(self.policy, "tls", None), fqdn=key.fqdn, subset=key.subset,
+                port=key.port, service=self.service, endpoint=endpoint,
+                trust_domain=mesh.trust_domain, auto_mtls=mesh.enable_auto_mtls,
+                have_identity=identity)
+            self._tls[speaks_mtls] = plan
+            return plan
 
     def healthy(self) -> tuple[Endpoint, ...]:
         """Endpoints not ejected by outlier detection (all of them without it)."""

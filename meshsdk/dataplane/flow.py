@@ -57,6 +57,7 @@ from meshsdk.routing.rewrite import (
     rewrite_request,
 )
 from meshsdk.routing.router import RouteDecision, Target, decide, pick_target
+from meshsdk.security.origination import TlsOrigination
 
 # Connection-level and mesh-internal headers never copied to the upstream request.
 # Body framing (content-length / transfer-encoding) is kept: the body is passed on
@@ -82,6 +83,7 @@ class Attempt:
     connect_timeout: float
     cluster: str
     endpoint: Endpoint | None
+    tls: TlsOrigination | None = None  # None: plaintext
 
     @property
     def url(self) -> str:
@@ -98,14 +100,15 @@ def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Callable[[Any, Any
 
 
 (_a_scheme, _a_address, _a_port, _a_path, _a_authority, _a_headers, _a_timeout,
- _a_connect_timeout, _a_cluster, _a_endpoint) = _slot_setters(
+ _a_connect_timeout, _a_cluster, _a_endpoint, _a_tls) = _slot_setters(
     Attempt, ("scheme", "address", "port", "path", "authority", "headers", "timeout",
-              "connect_timeout", "cluster", "endpoint"))
+              "connect_timeout", "cluster", "endpoint", "tls"))
 
 
 def _attempt(scheme: str, address: str, port: int, path: str, authority: str,
              headers: tuple[tuple[str, str], ...], timeout: float | None,
-             connect_timeout: float, cluster: str, endpoint: Endpoint | None) -> Attempt:
+             connect_timeout: float, cluster: str, endpoint: Endpoint | None,
+             tls: TlsOrigination | None = None) -> Attempt:
     """``Attempt(...)`` without the frozen dataclass's ``__init__`` (ten
     ``object.__setattr__`` calls through a generic path, the costlier part of building
     one per call): the same slots set through their descriptors, the same frozen object."""
@@ -120,6 +123,7 @@ def _attempt(scheme: str, address: str, port: int, path: str, authority: str,
     _a_connect_timeout(a, connect_timeout)
     _a_cluster(a, cluster)
     _a_endpoint(a, endpoint)
+    _a_tls(a, tls)
     return a
 
 
@@ -199,6 +203,7 @@ class CallContext:
     replayable: bool = True
     deadline: float | None = None    # absolute, from the inbound request (deadline.py)
     source_ip: str | None = None
+    identity: bool = False           # the workload has a mesh certificate to present
 
     @property
     def mesh(self) -> MeshConfig:
@@ -372,10 +377,12 @@ def call_flow(ctx: CallContext) -> Generator[Effect, AttemptResult | None, CallR
                 cluster.budget.on_request()
             per_try = _min(policy.per_try_timeout, remaining)
             headers = _attempt_headers(plan.request_ops, base_headers, per_try, req.grpc)
+            tls = cluster.tls_for(endpoint, ctx.mesh, ctx.identity)
             attempt = _attempt(
-                _scheme(cluster, req), endpoint.address, endpoint.port, path, authority,
-                headers, per_try, _min(cluster.limits.connect_timeout, per_try) or 10.0,
-                cluster.name, endpoint)
+                "https" if tls is not None else _scheme(cluster, req), endpoint.address,
+                endpoint.port, path, authority, headers, per_try,
+                _min(cluster.limits.connect_timeout, per_try) or 10.0, cluster.name,
+                endpoint, tls)
             cluster.balancer.started(endpoint)
             in_flight = (cluster, endpoint)
             result = yield Send(attempt)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import httpcore
 import httpx
 
-from meshsdk.dataplane.flow import AttemptResult, CallResult, Discard, Mirror, Send, Sleep
+from meshsdk.dataplane.flow import Attempt, AttemptResult, CallResult, Discard, Mirror, Send, Sleep
 from meshsdk.outcome import Failure, Outcome
 from meshsdk.transport.common import (
     CORE_SEND_ERRORS,
@@ -24,6 +24,7 @@ from meshsdk.transport.common import (
     mirror_request,
     upstream_request,
 )
+from meshsdk.transport.tls import AsyncTlsConnector, TlsError
 
 if TYPE_CHECKING:
     from meshsdk.mesh import Mesh
@@ -42,6 +43,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         # our own default transport: attempts go to its httpcore pool directly, with no
         # second httpx.Request/Response per attempt (a transport you pass is used as is)
         pool = core_pool(self._inner) if inner is None else None
+        self._tls: AsyncTlsConnector | None = None
         self._pool = pool if isinstance(pool, httpcore.AsyncConnectionPool) else None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -78,6 +80,8 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             address = await self._mesh._dns.aresolve(attempt.address, attempt.port)
         except OSError:
             return AttemptResult(Outcome(failure=Failure.CONNECT_FAILURE))
+        if attempt.tls is not None:  # mesh TLS: our own pools, whatever the inner transport
+            return await self._send_tls(attempt, request, address)
         if self._pool is not None:
             try:
                 core = await self._pool.handle_async_request(
@@ -92,6 +96,21 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
             return AttemptResult(classify_exception(exc))
         return classify_response(response)
 
+    async def _send_tls(self, attempt: Attempt, request: httpx.Request, address: str | None
+                  ) -> AttemptResult:
+        assert attempt.tls is not None
+        if self._tls is None:
+            self._tls = AsyncTlsConnector(self._mesh.identity)
+        try:
+            pool = await self._tls.pool_for(attempt.tls)
+        except TlsError:
+            return AttemptResult(Outcome(failure=Failure.CONNECT_FAILURE))
+        try:
+            core = await pool.handle_async_request(core_request(attempt, request, address))
+        except CORE_SEND_ERRORS as exc:
+            return AttemptResult(classify_core_exception(exc))
+        return classify_core_response(core)
+
     def _response(self, result: CallResult, request: httpx.Request,
                   call: OutboundCall | None) -> httpx.Response:
         return caller_response(result, request, self._mesh._observe, AsyncReleasingStream,
@@ -99,3 +118,5 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+        if self._tls is not None:
+            await self._tls.aclose()

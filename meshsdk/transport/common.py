@@ -111,6 +111,9 @@ def _target(attempt: Attempt, request: httpx.Request, address: str | None
     if address is not None and address != attempt.address:
         url = attempt.with_address(address).url
         extensions["sni_hostname"] = attempt.address
+    tls = attempt.tls
+    if tls is not None and tls.sni:  # mesh TLS: the SNI (and the name checked) is the plan's
+        extensions["sni_hostname"] = tls.sni
     return url, extensions
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import httpcore
 import httpx
 
-from meshsdk.dataplane.flow import AttemptResult, CallResult, Discard, Mirror, Send, Sleep
+from meshsdk.dataplane.flow import Attempt, AttemptResult, CallResult, Discard, Mirror, Send, Sleep
 from meshsdk.outcome import Failure, Outcome
 from meshsdk.transport.common import (
     CORE_SEND_ERRORS,
@@ -24,6 +24,7 @@ from meshsdk.transport.common import (
     mirror_request,
     upstream_request,
 )
+from meshsdk.transport.tls import TlsConnector, TlsError
 
 if TYPE_CHECKING:
     from meshsdk.mesh import Mesh
@@ -45,6 +46,7 @@ class MeshTransport(httpx.BaseTransport):
         # our own default transport: attempts go to its httpcore pool directly, with no
         # second httpx.Request/Response per attempt (a transport you pass is used as is)
         pool = core_pool(self._inner) if inner is None else None
+        self._tls: TlsConnector | None = None
         self._pool = pool if isinstance(pool, httpcore.ConnectionPool) else None
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
@@ -82,6 +84,8 @@ class MeshTransport(httpx.BaseTransport):
             address = self._mesh._dns.resolve(attempt.address, attempt.port)
         except OSError:
             return AttemptResult(Outcome(failure=Failure.CONNECT_FAILURE))
+        if attempt.tls is not None:  # mesh TLS: our own pools, whatever the inner transport
+            return self._send_tls(attempt, request, address)
         if self._pool is not None:
             try:
                 core = self._pool.handle_request(core_request(attempt, request, address))
@@ -94,6 +98,21 @@ class MeshTransport(httpx.BaseTransport):
             return AttemptResult(classify_exception(exc))
         return classify_response(response)
 
+    def _send_tls(self, attempt: Attempt, request: httpx.Request, address: str | None
+                  ) -> AttemptResult:
+        assert attempt.tls is not None
+        if self._tls is None:
+            self._tls = TlsConnector(self._mesh.identity)
+        try:
+            pool = self._tls.pool_for(attempt.tls)
+        except TlsError:
+            return AttemptResult(Outcome(failure=Failure.CONNECT_FAILURE))
+        try:
+            core = pool.handle_request(core_request(attempt, request, address))
+        except CORE_SEND_ERRORS as exc:
+            return AttemptResult(classify_core_exception(exc))
+        return classify_core_response(core)
+
     def _response(self, result: CallResult, request: httpx.Request,
                   call: OutboundCall | None) -> httpx.Response:
         return caller_response(result, request, self._mesh._observe, ReleasingStream,
@@ -101,3 +120,5 @@ class MeshTransport(httpx.BaseTransport):
 
     def close(self) -> None:
         self._inner.close()
+        if self._tls is not None:
+            self._tls.close()

@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind
 from meshsdk.mesh import Mesh
 from meshsdk.telemetry.recorder import Telemetry, current_request_id
 from meshsdk.testing.builders import config_from_yaml, service_entry
-from meshsdk.testing.upstream import Upstream, respond
+from meshsdk.testing.upstream import Upstream, respond, wait_until
 from meshsdk.workload import Workload
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -82,7 +82,10 @@ spec:
         self.client.close()
         self.mesh.close()
 
-    def spans(self) -> dict[SpanKind, ReadableSpan]:
+    def spans(self, expected: int = 0) -> dict[SpanKind, ReadableSpan]:
+        """B's finished spans; waits for ``expected`` of them (B ends its server span
+        after writing the response, so the caller can be faster than B)."""
+        wait_until(lambda: len(self.exporter.get_finished_spans()) >= expected)
         return {s.kind: s for s in self.exporter.get_finished_spans()}
 
 
@@ -113,7 +116,7 @@ def test_one_trace_through_a_b_c(chain: Chain, c: Upstream, a_headers: dict[str,
     r = httpx.get(chain.url, headers={**a_headers, "x-request-id": "rid-1"})
     assert r.status_code == 200 and r.text == "from c"
 
-    spans = chain.spans()
+    spans = chain.spans(expected=2)
     server, client = spans[SpanKind.SERVER], spans[SpanKind.CLIENT]
     assert server.context is not None and client.context is not None
     # B's server span is A's child, B's client span is the server span's child
@@ -163,7 +166,7 @@ def test_no_caller_context_samples_at_the_configured_rate(c: Upstream) -> None:
     ch = Chain(c, sampling=100.0)
     try:
         httpx.get(ch.url)
-        spans = ch.spans()
+        spans = ch.spans(expected=2)
         assert set(spans) == {SpanKind.SERVER, SpanKind.CLIENT}
         assert spans[SpanKind.SERVER].parent is None  # the root of a new trace
     finally:
