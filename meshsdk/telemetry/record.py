@@ -57,6 +57,8 @@ class Peer:
     def of_endpoint(cls, endpoint: Endpoint, cluster: str = DEFAULT_CLUSTER_ID) -> Peer:
         """The peer behind a mesh endpoint, from its labels and the WorkloadEntry that
         declared it (``source`` is ``"WorkloadEntry <ns>/<name>"`` for those)."""
+        if not endpoint.source:  # not from the registry (passthrough): nothing is known
+            return cls()
         labels = endpoint.labels
         kind, _, ref = endpoint.source.partition(" ")
         namespace, _, name = ref.partition("/")

@@ -142,6 +142,7 @@ class Telemetry:
         self._wall = wall_clock
         self._access_logger = access_logger
         self._handlers: dict[str, logging.Handler] = {}
+        self._loggers: dict[tuple[str, str], logging.Logger] = {}
         self._domain = "cluster.local"
         self.policy: TelemetryPolicy = DEFAULT_POLICY
         self._client, self._server = self._compile(DEFAULT_POLICY)
@@ -162,6 +163,7 @@ class Telemetry:
                                    self.workload.labels)
         client, server = self._compile(policy)
         self.policy, self._client, self._server = policy, client, server
+        self._retire_loggers((*client.loggers, *server.loggers))
         self._domain = domain
         self._endpoints.clear()
         self._services.clear()
@@ -217,27 +219,43 @@ class Telemetry:
                      tracing=tracing.enabled, custom_tags=custom, loggers=tuple(loggers))
 
     def _logger_for(self, provider: AccessLogProvider) -> logging.Logger:
+        """The logger a provider writes through: the user's (``access_logger=``), or one
+        of this object's own, with a handler for the provider's path.
+
+        Our loggers are named ``meshsdk.access.<provider>`` but deliberately not
+        registered with :mod:`logging`'s manager: two meshes in one process, or one
+        provider moved to another path by an update, must not share (or keep) each
+        other's handlers and write lines twice."""
         if self._access_logger is not None:
             return self._access_logger
-        logger = logging.getLogger(f"{ACCESS_LOGGER}.{provider.name}")
-        if provider.path not in self._handlers:
-            self._handlers[provider.path] = file_handler(provider.path)
-        handler = self._handlers[provider.path]
-        if handler not in logger.handlers:
+        key = (provider.name, provider.path)
+        logger = self._loggers.get(key)
+        if logger is None:
+            handler = self._handlers.get(provider.path)
+            if handler is None:
+                handler = self._handlers[provider.path] = file_handler(provider.path)
+            logger = logging.Logger(f"{ACCESS_LOGGER}.{provider.name}", logging.INFO)
             logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False  # written once, to its file, not again by the root logger
+            self._loggers[key] = logger
         return logger
+
+    def _retire_loggers(self, side_loggers: Iterable[AccessLogger]) -> None:
+        """Close the handlers of paths no provider writes to any more."""
+        used = {logger.logger for logger in side_loggers}
+        for key, logger in list(self._loggers.items()):
+            if logger not in used:
+                del self._loggers[key]
+        paths = {path for _, path in self._loggers}
+        for path in list(self._handlers):
+            if path not in paths:
+                _close_handler(self._handlers.pop(path))
 
     def close(self) -> None:
         """Close the access log files this object opened."""
-        for path, handler in self._handlers.items():
-            for name in list(logging.Logger.manager.loggerDict):
-                if name.startswith(ACCESS_LOGGER):
-                    logging.getLogger(name).removeHandler(handler)
-            if path != "/dev/stdout":
-                handler.close()
+        for handler in self._handlers.values():
+            _close_handler(handler)
         self._handlers.clear()
+        self._loggers.clear()
 
     # -- outbound ------------------------------------------------------------------
 
@@ -386,6 +404,12 @@ class Telemetry:
         if parts is not None:
             return Service(host, parts[0], parts[1])
         return Service(host, host.partition(".")[0] or UNKNOWN, self.workload.namespace)
+
+
+def _close_handler(handler: logging.Handler) -> None:
+    """Close a file handler; the stdout/stderr ones hold nothing to close."""
+    if isinstance(handler, logging.FileHandler):
+        handler.close()
 
 
 def _span_name(authority: str, scheme: str) -> str:

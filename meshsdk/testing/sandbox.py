@@ -431,15 +431,18 @@ class MeshTestConfig:
 
     def _commit(self, undo: Callable[[], None]) -> None:
         """Render, validate and push the configuration; on any error, undo and re-raise."""
+        previous = self._config
         try:
             config = config_from_yaml(self._render(), namespace=self.namespace)
+            for mesh in self._meshes:  # a mesh may refuse what loads (a bad CEL expression)
+                mesh.update(config)
         except BaseException:
             undo()
+            for mesh in self._meshes:  # those that took it go back to what the others run
+                mesh.update(previous)
             raise
         self._config = config
         self._configure_diverter(config)
-        for mesh in self._meshes:
-            mesh.update(config)
 
     def _configure_diverter(self, config: Config) -> None:
         targets: dict[tuple[str, int], tuple[str, _AttemptFault]] = {}
