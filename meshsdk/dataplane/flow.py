@@ -185,6 +185,7 @@ class CallResult:
     release: Callable[[], None] = field(default=lambda: None)
     decision: RouteDecision | None = None   # what routing decided (requested host, route)
     service: Service | None = None          # the service of the cluster that was used
+    mtls: bool = False                      # the answer came over mesh mTLS (ISTIO_MUTUAL)
 
 
 # --- the context of one call ---------------------------------------------------------------
@@ -414,7 +415,8 @@ def call_flow(ctx: CallContext) -> Generator[Effect, AttemptResult | None, CallR
             elif wants_retry:
                 flags.append(Flag.UPSTREAM_RETRY_LIMIT_EXCEEDED)
             return _finish(decision, req, plan, cluster, endpoint, result, tuple(flags),
-                           attempts=retries + 1, state=state)
+                           attempts=retries + 1, state=state,
+                           mtls=tls is not None and tls.mode == "ISTIO_MUTUAL")
     except GeneratorExit:
         # The driver abandoned the call (cancelled task, caller's exception): give back
         # what this call holds, or the cluster would leak admission slots and load.
@@ -591,7 +593,8 @@ def _local(reply: LocalReply, decision: RouteDecision, flags: tuple[Flag, ...], 
 
 def _finish(decision: RouteDecision, req: RequestView, plan: _Plan,
             cluster: Cluster, endpoint: Endpoint, result: AttemptResult,
-            flags: tuple[Flag, ...], *, attempts: int, state: _CallState) -> CallResult:
+            flags: tuple[Flag, ...], *, attempts: int, state: _CallState,
+            mtls: bool = False) -> CallResult:
     outcome = result.outcome
     state.cluster = cluster
     state.endpoint = endpoint
@@ -619,7 +622,8 @@ def _finish(decision: RouteDecision, req: RequestView, plan: _Plan,
     return CallResult(response=result.response, flags=flags, attempts=attempts,
                       route_name=decision.route_name, cluster=cluster.name, endpoint=endpoint,
                       status=outcome.status, response_headers=response_headers,
-                      release=state.release, decision=decision, service=cluster.service)
+                      release=state.release, decision=decision, service=cluster.service,
+                      mtls=mtls)
 
 
 def _failure_reply(outcome: Outcome) -> LocalReply:

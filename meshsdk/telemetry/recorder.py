@@ -23,7 +23,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -146,9 +146,13 @@ class Telemetry:
         self._domain = "cluster.local"
         self.policy: TelemetryPolicy = DEFAULT_POLICY
         self._client, self._server = self._compile(DEFAULT_POLICY)
-        self._endpoints: dict[tuple[str, int, str], Peer] = {}
+        self._endpoints: dict[tuple[str, int, str, bool], Peer] = {}
         self._services: dict[tuple[str, str], Service] = {}
         self._targets: dict[tuple[str, str], tuple[str, str]] = {}
+        self._trust_domain = "cluster.local"
+        self.peer_mtls = replace(self.peer, principal=self._spiffe(
+            workload.namespace, workload.service_account))
+        """This workload as peers see it over mesh mTLS (with its SPIFFE principal)."""
 
     # -- configuration ---------------------------------------------------------------
 
@@ -165,6 +169,9 @@ class Telemetry:
         self.policy, self._client, self._server = policy, client, server
         self._retire_loggers((*client.loggers, *server.loggers))
         self._domain = domain
+        self._trust_domain = mesh.trust_domain
+        self.peer_mtls = replace(self.peer, principal=self._spiffe(
+            self.workload.namespace, self.workload.service_account))
         self._endpoints.clear()
         self._services.clear()
 
@@ -365,15 +372,26 @@ class Telemetry:
         for logger in side.loggers:
             logger.log(record)
 
-    def _destination(self, endpoint: Endpoint | None) -> Peer:
+    def _spiffe(self, namespace: str, service_account: str) -> str:
+        return f"spiffe://{self._trust_domain}/ns/{namespace}/sa/{service_account}"
+
+    def _destination(self, endpoint: Endpoint | None, mtls: bool = False) -> Peer:
+        """The peer behind ``endpoint``; over mesh mTLS, with the principal it proved
+        (the service account the connection's identity check required)."""
         if endpoint is None:
             return Peer()
-        key = (endpoint.address, endpoint.port, endpoint.source)
+        key = (endpoint.address, endpoint.port, endpoint.source, mtls)
         peer = self._endpoints.get(key)
         if peer is None:
             if len(self._endpoints) > 4096:
                 self._endpoints.clear()
-            peer = self._endpoints[key] = Peer.of_endpoint(endpoint, self.cluster_id)
+            peer = Peer.of_endpoint(endpoint, self.cluster_id)
+            if mtls and endpoint.service_account:  # in the namespace that declared it
+                namespace = endpoint.source.partition(" ")[2].partition("/")[0]
+                if namespace:
+                    peer = replace(peer, principal=self._spiffe(namespace,
+                                                                endpoint.service_account))
+            self._endpoints[key] = peer
         return peer
 
     def _service(self, result: CallResult, authority: str) -> Service:
@@ -570,8 +588,9 @@ class OutboundCall:
                            if result is not None and result.endpoint is not None
                            and result.local_reply is None else None),
             attempts=result.attempts if result is not None else 0,
-            source=tel.peer,
-            destination=tel._destination(result.endpoint if result is not None else None),
+            source=tel.peer_mtls if result is not None and result.mtls else tel.peer,
+            destination=tel._destination(result.endpoint if result is not None else None,
+                                         result is not None and result.mtls),
             service=service, connection_security_policy=UNKNOWN,
             downstream_local_address=self.local_address,
             response_code_details=_details(result))

@@ -47,7 +47,7 @@ class TlsError(Exception):
 
 def _peer_names(ssl_object: Any) -> tuple[list[str], list[str], list[str]]:
     """(DNS names, URIs, IP addresses) of the peer certificate's SAN extension."""
-    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    der = ssl_object.getpeercert(True) if ssl_object is not None else None
     if not der:
         return [], [], []
     cert = x509.load_der_x509_certificate(der)
