@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-l", "--labels", default="", metavar="K=V,...",
                    help="the client workload's labels (for sourceLabels matches)")
     d.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    _add_ca_parser(sub)
     return parser
 
 
@@ -61,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "validate":
             return _validate(args, sys.stdout, sys.stderr)
+        if args.command == "ca":
+            return _ca(args, sys.stdout, sys.stderr)
         return _describe(args, sys.stdout, sys.stderr)
     except ConfigError as exc:
         print(f"meshctl: {exc}", file=sys.stderr)
@@ -135,6 +138,160 @@ def _describe(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     else:
         out.write(render_text(info))
     return 0 if info.get("service") or info.get("virtualService") else 1
+
+
+# --- ca: the mesh CA and workload certificates ------------------------------------------
+
+
+def _add_ca_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    ca = sub.add_parser("ca", help="create a mesh CA, issue and inspect workload certificates",
+                        description="Istio-style mesh CA files: a self-signed root "
+                        "(init), workload certificates (issue), certificate details "
+                        "(inspect). Exit 1 on unusable files.")
+    ca_sub = ca.add_subparsers(dest="ca_command", metavar="CA_COMMAND", parser_class=_Parser)
+    ca_sub.required = True
+
+    init = ca_sub.add_parser("init", help="create a self-signed root CA (10 years)",
+                             description="Write ca-cert.pem, ca-key.pem (0600), "
+                             "cert-chain.pem and root-cert.pem (Istio's plug-in CA files).")
+    init.add_argument("--out", required=True, metavar="DIR")
+    init.add_argument("--trust-domain", default="cluster.local",
+                      help="trust domain, also the root's organization (default: "
+                      "%(default)s)")
+    init.add_argument("--key-type", choices=("EC", "RSA"), default="EC",
+                      help="EC P-256 or RSA 2048 (default: %(default)s)")
+    init.add_argument("--force", action="store_true",
+                      help="overwrite an existing CA in DIR")
+
+    issue = ca_sub.add_parser("issue", help="issue a workload certificate",
+                              description="Make a key here, a CSR, and have the CA in --ca "
+                              "sign it; write key.pem (0600), cert-chain.pem and "
+                              "root-cert.pem to --out.")
+    issue.add_argument("--namespace", "-n", required=True)
+    issue.add_argument("--service-account", "--sa", required=True)
+    issue.add_argument("--ca", required=True, metavar="DIR",
+                       help="directory of the plug-in CA files")
+    issue.add_argument("--out", required=True, metavar="DIR")
+    issue.add_argument("--trust-domain", default="cluster.local",
+                       help="trust domain of the identity (default: %(default)s)")
+    issue.add_argument("--lifetime", default="24h",
+                       help="certificate lifetime, e.g. 24h, 90m (default: %(default)s)")
+    issue.add_argument("--key-type", choices=("EC", "RSA"), default="EC",
+                       help="EC P-256 or RSA 2048 (default: %(default)s)")
+
+    inspect = ca_sub.add_parser("inspect", help="show a certificate (or chain) file",
+                                description="Print subject, SPIFFE ID, issuer, validity "
+                                "and key type of every certificate in CERT.")
+    inspect.add_argument("cert", metavar="CERT")
+
+
+def _ca(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from meshsdk.security.errors import SecurityError
+
+    try:
+        if args.ca_command == "init":
+            return _ca_init(args, out)
+        if args.ca_command == "issue":
+            return _ca_issue(args, out)
+        return _ca_inspect(args, out)
+    except SecurityError as exc:
+        print(f"meshctl: {exc}", file=err)
+        return 1
+
+
+def _ca_init(args: argparse.Namespace, out: TextIO) -> int:
+    from pathlib import Path
+
+    from meshsdk.security.ca import CA_KEY, PLUGIN_FILES, MeshCA
+    from meshsdk.security.errors import SecurityError
+
+    target = Path(args.out)
+    if (target / CA_KEY).exists() and not args.force:
+        raise SecurityError(f"{target / CA_KEY}: a CA already exists here (use --force to "
+                            "replace it)")
+    ca = MeshCA.create(args.trust_domain, key_type=args.key_type)
+    ca.save(target)
+    cert = ca.certificate
+    print(f"created root CA {cert.subject.rfc4514_string()} (trust domain "
+          f"{ca.trust_domain}, valid until {cert.not_valid_after_utc:%Y-%m-%d})", file=out)
+    print(f"wrote {', '.join(PLUGIN_FILES)} to {target}", file=out)
+    return 0
+
+
+def _ca_issue(args: argparse.Namespace, out: TextIO) -> int:
+    import datetime as dt
+    from pathlib import Path
+
+    from meshsdk.config.types import parse_duration
+    from meshsdk.security.ca import (
+        MeshCA,
+        make_csr,
+        new_key,
+        private_key_pem,
+        write_file,
+    )
+    from meshsdk.security.errors import SecurityError
+    from meshsdk.security.spiffe import spiffe_id
+
+    try:
+        lifetime = dt.timedelta(seconds=parse_duration(args.lifetime))
+    except ValueError as exc:
+        raise MeshError(f"--lifetime {exc}") from None
+    ca = MeshCA.load(args.ca, trust_domain=args.trust_domain)
+    uri = spiffe_id(ca.trust_domain, args.namespace, args.service_account)
+    key = new_key(args.key_type)
+    issued = ca.sign_csr(make_csr(key, uri), namespace=args.namespace,
+                         service_account=args.service_account, lifetime=lifetime)
+    target = Path(args.out)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SecurityError(f"{target}: cannot create directory: {exc.strerror}") from exc
+    write_file(target / "key.pem", private_key_pem(key), private=True)
+    write_file(target / "cert-chain.pem", issued.chain_pem)
+    write_file(target / "root-cert.pem", issued.root_pem)
+    cert = issued.certificate
+    print(f"issued {uri} (serial {cert.serial_number:x}, valid until "
+          f"{cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ})", file=out)
+    print(f"wrote key.pem, cert-chain.pem, root-cert.pem to {target}", file=out)
+    return 0
+
+
+def _ca_inspect(args: argparse.Namespace, out: TextIO) -> int:
+    import datetime as dt
+    from pathlib import Path
+
+    from meshsdk.security.ca import is_ca, key_description, read_certs
+    from meshsdk.security.spiffe import spiffe_ids_of
+
+    path = Path(args.cert)
+    certs = read_certs(path)
+    now = dt.datetime.now(dt.UTC)
+    for i, cert in enumerate(certs, 1):
+        if len(certs) > 1:
+            print(f"certificate {i} of {len(certs)}:", file=out)
+        after = cert.not_valid_after_utc
+        if after <= now:
+            state = "EXPIRED"
+        elif cert.not_valid_before_utc > now:
+            state = "not yet valid"
+        else:
+            left = after - now
+            state = f"expires in {left.days}d {left.seconds // 3600}h" if left.days else \
+                f"expires in {left.seconds // 3600}h {left.seconds % 3600 // 60}m"
+        rows = [
+            ("subject", cert.subject.rfc4514_string() or "(empty)"),
+            ("SPIFFE ID", ", ".join(spiffe_ids_of(cert)) or "(none)"),
+            ("issuer", cert.issuer.rfc4514_string() or "(empty)"),
+            ("serial", f"{cert.serial_number:x}"),
+            ("not before", f"{cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ}"),
+            ("not after", f"{after:%Y-%m-%dT%H:%M:%SZ} ({state})"),
+            ("key", key_description(cert.public_key())),
+            ("CA", "yes" if is_ca(cert) else "no"),
+        ]
+        for name, value in rows:
+            print(f"  {name + ':':<12}{value}", file=out)
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""Workload security: mTLS policy, JWT request authentication and TLS decisions."""
