@@ -19,6 +19,11 @@ request over keep-alive connections. Four variants make sequential GETs to it:
   traces sampled, Istio's four request metrics recorded through the OTel API;
 * ``mesh.client()`` with telemetry on but the metrics kept by meshsdk's own
   Prometheus sink instead of the OTel SDK (tracing as above);
+* ``mesh.client()`` over mesh mTLS: the same mesh, but the endpoints are a second
+  nginx server block that requires a client certificate from the mesh CA and
+  presents one issued to ``spiffe://cluster.local/ns/default/sa/bench-upstream``;
+  auto mTLS picks ISTIO_MUTUAL, and the client checks that SPIFFE ID on every new
+  connection (keep-alive connections amortise the handshake);
 * ``httpx.AsyncClient()`` and ``mesh.async_client()``, the same with sequential
   awaits on one event loop (telemetry off).
 
@@ -61,12 +66,21 @@ if str(REPO_ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO_ROOT))
 
 from meshsdk.mesh import Mesh  # noqa: E402
+from meshsdk.security.ca import (  # noqa: E402
+    MeshCA,
+    make_csr,
+    new_key,
+    private_key_pem,
+    write_file,
+)
+from meshsdk.security.identity import WorkloadIdentity  # noqa: E402
 from meshsdk.testing.builders import config_from_yaml, service_entry  # noqa: E402
 from meshsdk.transport.common import EXTENSION  # noqa: E402
 from meshsdk.workload import Workload  # noqa: E402
 
 TARGET_P50_RATIO = 1.10
 TARGET_TELEMETRY_P50_RATIO = 1.25
+TARGET_MTLS_P50_RATIO = 1.15  # mTLS mesh against the plaintext mesh
 NGINX = "/usr/sbin/nginx"
 BODY = b"ok\n"
 MESH_URL = "http://svc:8080/"
@@ -107,17 +121,37 @@ def free_port() -> int:
         return port
 
 
-def nginx_conf(prefix: Path, port: int) -> str:
+def nginx_conf(prefix: Path, port: int, tls_port: int) -> str:
+    """Two server blocks answering ``200 ok``: plaintext on ``port``, and mesh mTLS on
+    ``tls_port`` (client certificate required, verified against the mesh CA)."""
     # Every path nginx writes is inside the prefix, so it runs as any user.
     temp = " ".join(f"{kind}_temp_path {prefix / kind};"
                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    tls = (f"    ssl_certificate {prefix / 'cert-chain.pem'};\n"
+           f"    ssl_certificate_key {prefix / 'key.pem'};\n"
+           f"    ssl_client_certificate {prefix / 'root-cert.pem'};\n"
+           f"    ssl_verify_client on;\n    ssl_protocols TLSv1.2 TLSv1.3;\n")
     return (
         f"daemon off;\nworker_processes 1;\nerror_log {prefix / 'error.log'};\n"
         f"pid {prefix / 'nginx.pid'};\nevents {{}}\n"
         f"http {{\n  access_log off;\n  keepalive_requests 100000000;\n"
         f"  keepalive_timeout 600s;\n  {temp}\n"
         f"  server {{\n    listen 127.0.0.1:{port};\n"
+        f"    location / {{ return 200 \"ok\\n\"; }}\n  }}\n"
+        f"  server {{\n    listen 127.0.0.1:{tls_port} ssl;\n{tls}"
         f"    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n")
+
+
+def write_mesh_credentials(prefix: Path) -> MeshCA:
+    """A mesh CA, and nginx's certificate from it (its key made here, never sent)."""
+    ca = MeshCA.create()
+    key = new_key()
+    issued = ca.sign_csr(make_csr(key, "spiffe://cluster.local/ns/default/sa/bench-upstream"),
+                         namespace="default", service_account="bench-upstream")
+    write_file(prefix / "key.pem", private_key_pem(key), private=True)
+    write_file(prefix / "cert-chain.pem", issued.chain_pem)
+    write_file(prefix / "root-cert.pem", issued.root_pem)
+    return ca
 
 
 def wait_until_answering(proc: subprocess.Popen[bytes], port: int) -> str | None:
@@ -153,10 +187,14 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 # --- the mesh ---------------------------------------------------------------------------
 
 
-def mesh_config_yaml(port: int) -> list[str]:
-    """ServiceEntry (two endpoints, both the nginx), DestinationRule, VirtualService."""
-    se = service_entry("svc", [(port, {"version": "v1"}), (port, {"version": "v2"})],
-                       port=8080)
+def mesh_config_yaml(port: int, mtls: bool = False) -> list[str]:
+    """ServiceEntry (two endpoints, both the nginx), DestinationRule, VirtualService.
+    ``mtls``: the endpoints are labelled as mesh workloads (auto mTLS) running as
+    ``bench-upstream``."""
+    extra = {"security.istio.io/tlsMode": "istio"} if mtls else {}
+    se = service_entry("svc", [(port, {"version": "v1", **extra}),
+                               (port, {"version": "v2", **extra})],
+                       port=8080, service_account="bench-upstream" if mtls else None)
     dr = """\
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -194,9 +232,9 @@ spec:
 WORKLOAD = Workload(name="bench", namespace="default", labels={"app": "bench"})
 
 
-def make_mesh(port: int, telemetry: Any = False) -> Mesh:
-    config = config_from_yaml(*mesh_config_yaml(port))
-    return Mesh(config, WORKLOAD, telemetry=telemetry)
+def make_mesh(port: int, telemetry: Any = False, identity: Any = None) -> Mesh:
+    config = config_from_yaml(*mesh_config_yaml(port, mtls=identity is not None))
+    return Mesh(config, WORKLOAD, telemetry=telemetry, identity=identity)
 
 
 class OtelSdk:
@@ -407,9 +445,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="meshsdk-nginx-") as tmp:
         prefix = Path(tmp)
-        port = free_port()
+        port, tls_port = free_port(), free_port()
+        ca = write_mesh_credentials(prefix)
         conf = prefix / "nginx.conf"
-        conf.write_text(nginx_conf(prefix, port))
+        conf.write_text(nginx_conf(prefix, port, tls_port))
         proc = subprocess.Popen([nginx, "-p", str(prefix), "-c", str(conf),
                                  "-e", str(prefix / "error.log")],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -421,21 +460,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if log.exists():
                     print(log.read_text()[-2000:], file=sys.stderr)
                 return 2
-            return measure(args, nginx, port)
+            return measure(args, nginx, port, tls_port, ca)
         finally:
             stop(proc)
 
 
-def measure(args: argparse.Namespace, nginx: str, port: int) -> int:
+def measure(args: argparse.Namespace, nginx: str, port: int, tls_port: int,
+            ca: MeshCA) -> int:
     mesh = make_mesh(port)
     sdk = OtelSdk()
     otel_mesh, prom_mesh = telemetry_meshes(port, sdk)
+    identity = WorkloadIdentity.from_ca(ca, "default", "bench")
+    mtls_mesh = make_mesh(tls_port, identity=identity)
     bare_url = f"http://127.0.0.1:{port}/"
     variants = [
         Variant("httpx.Client()", False, bare_url, httpx.Client()),
         Variant("mesh.client()", False, MESH_URL, mesh.client()),
         Variant("  +telemetry (OTel SDK)", False, MESH_URL, otel_mesh.client()),
         Variant("  +telemetry (Prom sink)", False, MESH_URL, prom_mesh.client()),
+        Variant("  over mesh mTLS", False, MESH_URL, mtls_mesh.client()),
         Variant("httpx.AsyncClient()", True, bare_url, httpx.AsyncClient()),
         Variant("mesh.async_client()", True, MESH_URL, mesh.async_client()),
     ]
@@ -478,9 +521,10 @@ def measure(args: argparse.Namespace, nginx: str, port: int) -> int:
                     runner.run(v.client.aclose())
                 else:
                     v.client.close()
-            for m in (mesh, otel_mesh, prom_mesh):
+            for m in (mesh, otel_mesh, prom_mesh, mtls_mesh):
                 m.close()
             sdk.shutdown()
+            identity.close()
 
     report(variants, done_blocks, per_block, args, nginx)
     if profile:
@@ -502,7 +546,8 @@ def _pairs(variants: list[Variant]) -> list[tuple[str, Variant, Variant, float]]
     return [("sync", variants[0], variants[1], TARGET_P50_RATIO),
             ("sync+tel", variants[0], variants[2], TARGET_TELEMETRY_P50_RATIO),
             ("sync+prom", variants[0], variants[3], TARGET_TELEMETRY_P50_RATIO),
-            ("async", variants[4], variants[5], TARGET_P50_RATIO)]
+            ("mTLS/mesh", variants[1], variants[4], TARGET_MTLS_P50_RATIO),
+            ("async", variants[5], variants[6], TARGET_P50_RATIO)]
 
 
 def _missed(variants: list[Variant]) -> list[str]:
@@ -527,7 +572,7 @@ def report(variants: list[Variant], blocks: int, per_block: int, args: argparse.
         p50, p99, mean, cpu = _stats(v)
         print(f"{v.name:<22} {p50:>8.1f} {p99:>8.1f} {mean:>8.1f} {cpu:>12.1f} {v.errors:>6}")
     print()
-    print(f"{'mesh / bare':<10} {'p50':>7} {'p50 per block':>15} {'CPU':>7} {'+p50 us':>8} "
+    print(f"{'ratio':<10} {'p50':>7} {'p50 per block':>15} {'CPU':>7} {'+p50 us':>8} "
           f"{'+CPU us':>8}  {'target':<14} result")
     for label, bare, mesh, target in _pairs(variants):
         b, m = _stats(bare), _stats(mesh)
