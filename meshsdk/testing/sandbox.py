@@ -432,13 +432,15 @@ class MeshTestConfig:
     def _commit(self, undo: Callable[[], None]) -> None:
         """Render, validate and push the configuration; on any error, undo and re-raise."""
         previous = self._config
+        updated: list[FixtureMesh] = []
         try:
             config = config_from_yaml(self._render(), namespace=self.namespace)
             for mesh in self._meshes:  # a mesh may refuse what loads (a bad CEL expression)
                 mesh.update(config)
+                updated.append(mesh)
         except BaseException:
             undo()
-            for mesh in self._meshes:  # those that took it go back to what the others run
+            for mesh in updated:  # those that took it go back to what the others run
                 mesh.update(previous)
             raise
         self._config = config
