@@ -1,5 +1,5 @@
 """``python -m meshsdk.demo`` (``make demo``): Istio's bookinfo as local processes, each
-app with its own embedded mesh, and six scenes of live traffic through them.
+app with its own embedded mesh, and seven scenes of live traffic through them.
 
 * :mod:`meshsdk.demo.apps`: the tiny bookinfo apps (stdlib ``http.server``), one
   process each;

@@ -1,4 +1,4 @@
-"""The demo driver: bookinfo in seven local processes, and six scenes of live traffic.
+"""The demo driver: bookinfo in seven local processes, and seven scenes of live traffic.
 
 The driver is itself a workload (``demo-driver``) with its own embedded mesh. It
 calls ``http://reviews:9080/reviews/0`` through ``mesh.client()`` and reads what
@@ -30,10 +30,12 @@ from types import FrameType
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from meshsdk import CallInfo, Config, ConfigError, Mesh, Workload, load_config
 from meshsdk.demo.display import Display
 from meshsdk.demo.fleet import AppSpec, Fleet, FleetError, listening, specs_from
+from meshsdk.telemetry.prometheus import MetricsServer
 
 EXTENSION = "meshsdk"
 """``response.extensions["meshsdk"]``: the :class:`CallInfo` of a mesh call."""
@@ -49,8 +51,9 @@ SCENES: tuple[tuple[str, str], ...] = (
     ("fault injection", "fault injection: delay and abort"),
     ("retries", "retries save calls to a flaky endpoint"),
     ("outlier detection", "outlier detection ejects an endpoint, then takes it back"),
+    ("Istio metrics", "Istio's metrics, scraped from the driver's /metrics"),
 )
-"""(short name, title) of each scene; the demo prints ``Scene N/6: <title>`` as each
+"""(short name, title) of each scene; the demo prints ``Scene N/7: <title>`` as each
 one starts and the short name in the summary."""
 
 SUMMARY_HEADING = "Summary"
@@ -217,6 +220,7 @@ class Demo:
         self.mesh: Mesh | None = None
         self.client: httpx.Client | None = None
         self.fleet: Fleet | None = None
+        self.metrics: MetricsServer | None = None
         self._stop_traffic = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -274,12 +278,14 @@ class Demo:
                 "demo-driver", "default", {"app": "demo-driver", "version": "v1"},
                 service_account="demo-driver"))
             self.mesh.add_observer(self.tally.observe)
+            self.metrics = self.mesh.serve_metrics(port=0)  # a free port: no clash
             self.client = self.mesh.client()
             if not self._first_page():
                 return 3
             scenes: list[Callable[[], SceneResult]] = [
                 self.scene_canary, self.scene_header, self.scene_update,
-                self.scene_faults, self.scene_retries, self.scene_outlier]
+                self.scene_faults, self.scene_retries, self.scene_outlier,
+                self.scene_metrics]
             for number, scene in enumerate(scenes, 1):
                 out.heading(scene_heading(number))
                 try:
@@ -315,6 +321,9 @@ class Demo:
         if self.client is not None:
             self.client.close()
             self.client = None
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         if self.mesh is not None:
             self.mesh.close()
             self.mesh = None
@@ -766,6 +775,39 @@ class Demo:
 
     # -- scene 7: the summary --------------------------------------------------------------
 
+    def scene_metrics(self) -> SceneResult:
+        """What Prometheus would scrape from the driver: Istio's own metric names and
+        labels, counting every call of the run exactly once."""
+        out = self.out
+        assert self.metrics is not None
+        text = httpx.get(self.metrics.url, timeout=10.0).text
+        rows: Counter[tuple[str, str, str, str]] = Counter()
+        names: set[str] = set()
+        for family in text_string_to_metric_families(text):
+            names.add(family.name)
+            if family.name != "istio_requests":
+                continue
+            for sample in family.samples:
+                labels = sample.labels
+                rows[(labels["destination_service_name"], labels["destination_version"],
+                      labels["response_code"], labels["response_flags"])] += int(sample.value)
+        counted = sum(rows.values())
+        out.line(f"  GET {self.metrics.url}  (Istio's names; a Prometheus text parser reads it)")
+        out.line("    istio_requests_total{reporter=\"source\", source_workload=\"demo-driver\"}"
+                 " by destination and outcome:")
+        for (service, version, code, flags), n in rows.most_common(8):
+            out.line(f"    {service:<10} {version:<8} {code:>3} {flags:<8} {n:>6}")
+        if len(rows) > 8:
+            out.line(f"    ... {len(rows) - 8} more series")
+        with self.tally.lock:
+            made = self.tally.calls
+        wanted = {"istio_requests", "istio_request_duration_milliseconds",
+                  "istio_request_bytes", "istio_response_bytes"}
+        passed = counted == made and wanted <= names
+        return SceneResult(7, "4 Istio metrics; every call counted once",
+                           f"{len(wanted & names)} metrics, {counted} counted of {made} calls",
+                           passed)
+
     def _summary(self, took: float) -> int:
         out = self.out
         out.heading(SUMMARY_HEADING)
@@ -827,7 +869,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = _repo_root()
     parser = argparse.ArgumentParser(
         prog="python -m meshsdk.demo",
-        description="Bookinfo as local processes with embedded meshes, and six scenes of "
+        description="Bookinfo as local processes with embedded meshes, and seven scenes of "
                     "live traffic: canary, header routing, a config change under load, "
                     "faults, retries and outlier detection.")
     parser.add_argument("--quick", action="store_true", help="fewer calls (for tests)")
