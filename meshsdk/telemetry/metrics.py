@@ -125,6 +125,8 @@ def response_size(record: CallRecord) -> int:
     """Response bytes as Istio's ``istio_response_bytes`` counts them: body + headers
     (with ``:status`` when a response was sent)."""
     size = record.bytes_sent + (_STATUS_PSEUDO if record.status else 0)
+    if record.response_header_bytes is not None:  # the driver measured the raw head
+        return size + record.response_header_bytes
     for name, value in record.response_headers:
         if name[:1] != ":":
             size += len(name) + len(value)

@@ -132,6 +132,9 @@ class CallRecord:
     connection_security_policy: str = UNKNOWN  # mutual_tls | none; unknown at the source
     trace_id: str | None = None
     span_id: str | None = None
+    response_header_bytes: int | None = None
+    """Size of the response's header block (names + values) when the driver knows it
+    from the raw head; else sizes are computed from ``response_headers``."""
 
     def request_header(self, name: str) -> str | None:
         """The first value of request header ``name`` (any case), or None.

@@ -22,10 +22,10 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, overload
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -91,7 +91,41 @@ def current_request_id() -> str | None:
 class HeaderSource(Protocol):
     """Headers that can list themselves (``httpx.Headers``), read only when needed."""
 
+    @property
+    def raw(self) -> list[tuple[bytes, bytes]]: ...
+
     def multi_items(self) -> list[tuple[str, str]]: ...
+
+
+class _LazyHeaders(Sequence[tuple[str, str]]):
+    """A response's header list, decoded on first use (an access log reading ``RESP``);
+    metrics need only the raw size, so most calls never decode the head."""
+
+    __slots__ = ("_items", "_source")
+
+    def __init__(self, source: HeaderSource) -> None:
+        self._source = source
+        self._items: list[tuple[str, str]] | None = None
+
+    def _list(self) -> list[tuple[str, str]]:
+        if self._items is None:
+            self._items = self._source.multi_items()
+        return self._items
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[str, str]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[tuple[str, str]]: ...
+
+    def __getitem__(self, index: int | slice) -> tuple[str, str] | Sequence[tuple[str, str]]:
+        return self._list()[index]
+
+    def __len__(self) -> int:
+        return len(self._list())
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._list())
 
 
 @dataclass(frozen=True, slots=True)
@@ -566,8 +600,13 @@ class OutboundCall:
         status = (result.status or 0) if result is not None else 0
         flags = format_flags(result.flags) if result is not None else "DC"
         given = self.response_headers
-        response_headers = (given if isinstance(given, (list, tuple))
-                            else given.multi_items())  # type: ignore[union-attr]
+        header_bytes = None
+        response_headers: Sequence[tuple[str, str]]
+        if isinstance(given, Sequence):
+            response_headers = given
+        else:  # httpx.Headers: sized from its raw bytes, decoded only if something reads it
+            header_bytes = sum(len(k) + len(v) for k, v in given.raw)
+            response_headers = _LazyHeaders(given)
         service = (tel._service(result, self.authority) if result is not None
                    else Service(host=split_host_port(self.authority)[0]))
         record = CallRecord(
@@ -593,7 +632,7 @@ class OutboundCall:
                                          result is not None and result.mtls),
             service=service, connection_security_policy=UNKNOWN,
             downstream_local_address=self.local_address,
-            response_code_details=_details(result))
+            response_code_details=_details(result), response_header_bytes=header_bytes)
         span = self.span
         if span is not None:
             ctx = span.get_span_context()
