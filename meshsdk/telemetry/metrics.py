@@ -115,6 +115,8 @@ def request_size(record: CallRecord) -> int:
     See the module docstring for how the header block is measured."""
     size = (record.bytes_received + _REQUEST_PSEUDO + len(record.method) + len(record.path)
             + len(record.authority) + len(record.scheme))
+    if record.request_header_bytes is not None:  # the driver measured the head
+        return size + record.request_header_bytes
     for name, value in record.request_headers:
         if name != "host" and name[:1] != ":":
             size += len(name) + len(value)

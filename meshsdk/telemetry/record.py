@@ -132,6 +132,9 @@ class CallRecord:
     connection_security_policy: str = UNKNOWN  # mutual_tls | none; unknown at the source
     trace_id: str | None = None
     span_id: str | None = None
+    request_header_bytes: int | None = None
+    """Size of the request's header block (names + values, ``host`` excluded) when the
+    driver measured it; else computed from ``request_headers``."""
     response_header_bytes: int | None = None
     """Size of the response's header block (names + values) when the driver knows it
     from the raw head; else sizes are computed from ``response_headers``."""

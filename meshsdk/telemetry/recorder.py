@@ -309,7 +309,9 @@ class Telemetry:
         found_trace = False
         length = 0
         grpc = False
+        size = 0  # the header block as metrics count it (host is the :authority)
         for name, value in headers:  # one pass for everything the call needs to know
+            size += len(name) + len(value)
             if name == REQUEST_ID:
                 request_id = value
             elif name in TRACE_HEADERS:
@@ -318,9 +320,12 @@ class Telemetry:
                 length = int(value) if value.isdigit() else 0
             elif name == "content-type":
                 grpc = value.startswith("application/grpc")
+            elif name == "host":
+                size -= len(name) + len(value)
         if request_id is None:
             request_id = _request_id.get() or self._new_request_id()
             headers.append((REQUEST_ID, request_id))
+            size += len(REQUEST_ID) + len(request_id)
         target = self._targets.get((authority, scheme))
         if target is None:
             if len(self._targets) > 4096:
@@ -344,11 +349,14 @@ class Telemetry:
                  "mesh.request_id": request_id} if report else _NO_ATTRIBUTES)
             if side.propagate:
                 if found_trace:
+                    size -= sum(len(k) + len(v) for k, v in headers if k in TRACE_HEADERS)
                     headers[:] = [(k, v) for k, v in headers if k not in TRACE_HEADERS]
-                headers.extend(inject(span.get_span_context(),
-                                      parent.context.span_id if parent else None))
+                added = inject(span.get_span_context(),
+                               parent.context.span_id if parent else None)
+                headers.extend(added)
+                size += sum(len(k) + len(v) for k, v in added)
         return OutboundCall(self, side, method, scheme, authority, path, headers, request_id,
-                            span, self._clock(), self._wall(), length, grpc, target[1])
+                            span, self._clock(), self._wall(), length, grpc, target[1], size)
 
     def _new_request_id(self) -> str:
         """A random (version 4) UUID, as Envoy generates for ``x-request-id``; from this
@@ -558,6 +566,7 @@ class OutboundCall:
     request_bytes: int = 0
     grpc: bool = False
     local_address: str | None = None   # the address the app called, port explicit
+    header_bytes: int | None = None    # the request's header block, host excluded
     result: CallResult | None = None
     response_at: float | None = None
     response_headers: Sequence[tuple[str, str]] | HeaderSource = ()
@@ -632,7 +641,8 @@ class OutboundCall:
                                          result is not None and result.mtls),
             service=service, connection_security_policy=UNKNOWN,
             downstream_local_address=self.local_address,
-            response_code_details=_details(result), response_header_bytes=header_bytes)
+            response_code_details=_details(result), response_header_bytes=header_bytes,
+            request_header_bytes=self.header_bytes)
         span = self.span
         if span is not None:
             ctx = span.get_span_context()
