@@ -40,8 +40,10 @@ for path in (REPO_ROOT, REPO_ROOT / "bench"):
         sys.path.insert(0, str(path))
 
 from sdk_overhead import (  # noqa: E402
+    MESH_URL,
     find_nginx,
     free_port,
+    make_mesh,
     nginx_conf,
     stop,
     wait_until_answering,
@@ -196,6 +198,16 @@ def bench_handshakes(n: int, rounds: int) -> tuple[float, float, float, float] |
             for url in (tls_url, plain_url):
                 out.append(statistics.median(fresh(url) for _ in range(rounds)) * 1e6)
                 out.append(statistics.median(pooled(url) for _ in range(rounds)) * 1e6)
+            # the mesh client's own pooling: how many handshakes for n calls over mTLS
+            mesh = make_mesh(tls_port, identity=identity)
+            before = identity.client_context().session_stats()["connect"]
+            with mesh.client() as client:
+                for _ in range(n):
+                    client.get(MESH_URL).raise_for_status()
+            handshakes = identity.client_context().session_stats()["connect"] - before
+            mesh.close()
+            print(f"   (mesh.client() over auto mTLS: {n} calls opened {handshakes} "
+                  f"TLS connection(s))")
             return out[0], out[1], out[2], out[3]
         finally:
             identity.close()
