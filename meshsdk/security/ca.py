@@ -170,7 +170,7 @@ class IssuedCert:
 def read_certs(path: Path, *, what: str = "certificate") -> list[x509.Certificate]:
     """Every PEM certificate in ``path``; SecurityError naming the file if there are none
     or the file cannot be read."""
-    data = _read(path, what)
+    data = read_pem(path, what)
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError as exc:
@@ -188,7 +188,7 @@ def read_certs(path: Path, *, what: str = "certificate") -> list[x509.Certificat
 
 def read_key(path: Path) -> PrivateKey:
     """The unencrypted PEM private key (EC or RSA) in ``path``."""
-    data = _read(path, "private key")
+    data = read_pem(path, "private key")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
@@ -199,7 +199,8 @@ def read_key(path: Path) -> PrivateKey:
     return key
 
 
-def _read(path: Path, what: str) -> bytes:
+def read_pem(path: Path, what: str) -> bytes:
+    """A PEM file's bytes; a SecurityError naming the file when it cannot be read."""
     try:
         return path.read_bytes()
     except FileNotFoundError:

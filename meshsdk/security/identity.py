@@ -53,6 +53,7 @@ from meshsdk.security.ca import (
     new_key,
     private_key_pem,
     read_key,
+    read_pem,
 )
 from meshsdk.security.errors import SecurityError
 from meshsdk.security.spiffe import (
@@ -196,19 +197,10 @@ class _FileSource:
         self._seen = self._signature()
         chain_path, key_path, roots_path = self._paths
         key = read_key(key_path)
-        chain_pem = _read(chain_path, "certificate chain")
-        roots_pem = _read(roots_path, "trust bundle")
+        chain_pem = read_pem(chain_path, "certificate chain")
+        roots_pem = read_pem(roots_path, "trust bundle")
         return _material(key, chain_pem, roots_pem, chain_where=str(chain_path),
                          key_where=str(key_path), roots_where=str(roots_path))
-
-
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise SecurityError(f"{path}: missing (expected a PEM {what})") from None
-    except OSError as exc:
-        raise SecurityError(f"{path}: cannot read: {exc.strerror or exc}") from exc
 
 
 def _normalize(identity: str) -> str:

@@ -643,13 +643,8 @@ class OutboundCall:
             downstream_local_address=self.local_address,
             response_code_details=_details(result), response_header_bytes=header_bytes,
             request_header_bytes=self.header_bytes)
-        span = self.span
-        if span is not None:
-            ctx = span.get_span_context()
-            record.trace_id = f"{ctx.trace_id:032x}"
-            record.span_id = f"{ctx.span_id:016x}"
-            if span.is_recording():
-                _end_span(span, record, self.side, client=True)
+        if self.span is not None:
+            _close_span(self.span, record, self.side, client=True)
         tel._emit(self.side, record)
 
 
@@ -726,15 +721,19 @@ class InboundCall:
         if self.done:
             return record
         self.done = True
-        span = self.span
-        if span is not None:
-            ctx = span.get_span_context()
-            record.trace_id = f"{ctx.trace_id:032x}"
-            record.span_id = f"{ctx.span_id:016x}"
-            if span.is_recording():
-                _end_span(span, record, self.side, client=False)
+        if self.span is not None:
+            _close_span(self.span, record, self.side, client=False)
         tel._emit(self.side, record)
         return record
+
+
+def _close_span(span: Span, record: CallRecord, side: _Side, *, client: bool) -> None:
+    """Stamp the record with the span's ids and, when it records, end it."""
+    ctx = span.get_span_context()
+    record.trace_id = f"{ctx.trace_id:032x}"
+    record.span_id = f"{ctx.span_id:016x}"
+    if span.is_recording():
+        _end_span(span, record, side, client=client)
 
 
 def _end_span(span: Span, record: CallRecord, side: _Side, *, client: bool) -> None:
