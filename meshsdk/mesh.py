@@ -36,6 +36,7 @@ from meshsdk.transport.sync import MeshTransport
 from meshsdk.workload import Workload
 
 if TYPE_CHECKING:
+    from meshsdk.controlplane.client import ClientStatus, ConfigClient
     from meshsdk.telemetry.prometheus import MetricsServer
     from meshsdk.telemetry.recorder import OutboundCall, Telemetry
     from meshsdk.transport.tls import ClientCredentials
@@ -160,6 +161,8 @@ class Mesh:
     def close(self) -> None:
         """Stop background mirroring and close access log files; clients are closed
         by their owners."""
+        if self._config_client is not None:
+            self._config_client.close()
         self._mirrors.close()
         if self.telemetry is not None:
             self.telemetry.close()
@@ -189,6 +192,35 @@ class Mesh:
     def _observe(self, request: httpx.Request, result: CallResult, info: CallInfo) -> None:
         for observer in self._observers:
             observer(request, result, info)
+
+    # -- config service ----------------------------------------------------------------------
+
+    _config_client: ConfigClient | None = None
+    """The config service client of a mesh made by :meth:`connect` (None otherwise)."""
+
+    @classmethod
+    def connect(cls, address: str, workload: Workload | None = None, *,
+                cache_dir: str | os.PathLike[str] | None = None, wait: float = 5.0,
+                **mesh_options: Any) -> Mesh:
+        """A mesh fed by the config service at ``address`` (``host:port``, ADS over gRPC).
+
+        Starts on an empty config and waits up to ``wait`` seconds for a first version
+        from the server (or, if it is unreachable, the on-disk cache in ``cache_dir``);
+        returns anyway after that, and :meth:`status` tells. ``close()`` stops the client.
+        """
+        from meshsdk.controlplane.client import ConfigClient, empty_config
+        mesh = cls(empty_config(), workload, **mesh_options)
+        mesh._config_client = ConfigClient(mesh, address, workload=mesh.workload,
+                                           cache_dir=cache_dir)
+        mesh._config_client.start()
+        mesh._config_client.wait_ready(wait)
+        return mesh
+
+    def status(self) -> ClientStatus:
+        """The config service link of a mesh made by :meth:`connect` (UsageError otherwise)."""
+        if self._config_client is None:
+            raise UsageError("status() is for a mesh made by Mesh.connect")
+        return self._config_client.status()
 
 
 def _deadline_now(clock: Callable[[], float]) -> float | None:

@@ -1,0 +1,317 @@
+"""The config service client: one ADS stream that keeps a :class:`~meshsdk.Mesh` current.
+
+The client subscribes to every kind in :data:`~meshsdk.controlplane.wire.TYPE_URLS`
+on one ``StreamAggregatedResources`` stream. A version is applied only once a
+response of that version is held for every type, so the mesh never runs half a
+snapshot: all responses are re-validated, built into one Config and swapped in
+with ``mesh.update`` (then each type is ACKed); any failure NACKs every type of
+that version and the last good config stays.
+
+The stream runs in a background thread and reconnects with exponential backoff
+and jitter (:func:`next_backoff`). Each applied version is also written to an
+on-disk cache, so a restarted app whose config service is down still routes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import grpc  # type: ignore[import-untyped]
+from envoy.service.discovery.v3 import ads_pb2_grpc  # type: ignore[import-untyped]
+
+from meshsdk.config.loader import config_from_result, load_string
+from meshsdk.config.resource import Config
+from meshsdk.controlplane.wire import (
+    TYPE_URLS,
+    NodeIdentity,
+    ProtoMessage,
+    Push,
+    ack_request,
+    config_for,
+    decode_response,
+    nack_request,
+    resource_document,
+    subscribe_request,
+)
+from meshsdk.errors import MeshError
+from meshsdk.workload import Workload
+
+if TYPE_CHECKING:
+    from meshsdk.mesh import Mesh
+
+Source = Literal["server", "cache"]
+
+CACHE_FILE: Final = "config.json"
+"""The cache file's name inside ``cache_dir``."""
+
+_CACHE_FORMAT: Final = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStatus:
+    """Where the mesh's config comes from and how the link to the config service is."""
+
+    connected: bool
+    """A stream to the server is up (it has answered at least once)."""
+    version: str | None
+    """The ``version_info`` of the config in use (None: none applied yet)."""
+    source: Source | None
+    """``"server"``, ``"cache"`` (loaded from disk), or None before any config."""
+    last_error: str | None
+    """The most recent failure: connection error or why a version was NACKed."""
+    last_change: float | None
+    """When (on the client's clock) the config in use was applied."""
+
+
+def next_backoff(attempt: int, rng: random.Random, *, initial: float = 0.5,
+                 maximum: float = 30.0, jitter: float = 0.2) -> float:
+    """Delay before reconnect ``attempt`` (0-based): ``initial * 2**attempt`` capped at
+    ``maximum``, then scaled by a uniform factor in ``[1 - jitter, 1 + jitter]`` so many
+    clients restarted together do not reconnect in lockstep."""
+    base = min(maximum, initial * 2.0 ** min(attempt, 64))
+    return base * rng.uniform(1.0 - jitter, 1.0 + jitter)
+
+
+def default_cache_dir(workload: Workload) -> Path:
+    """``~/.cache/meshsdk/<namespace>-<workload name>``."""
+    return Path.home() / ".cache" / "meshsdk" / f"{workload.namespace}-{workload.name}"
+
+
+def write_cache(cache_dir: Path, version: str, config: Config) -> None:
+    """Store a config's documents and version as one JSON file, replaced atomically."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"format": _CACHE_FORMAT, "version": version,
+               "documents": [resource_document(r) for r in config.resources]}
+    fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".tmp", dir=cache_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(payload, f, ensure_ascii=False, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, cache_dir / CACHE_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_cache(cache_dir: Path) -> tuple[str, Config] | None:
+    """The cached version and its Config, re-validated by the loader; None if no cache.
+
+    A corrupt or invalid cache raises MeshError (ConfigError for invalid documents).
+    """
+    path = cache_dir / CACHE_FILE
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise MeshError(f"config cache {path} is unreadable: {exc}") from None
+    if (not isinstance(payload, dict) or payload.get("format") != _CACHE_FORMAT
+            or not isinstance(payload.get("version"), str)
+            or not isinstance(payload.get("documents"), list)):
+        raise MeshError(f"config cache {path} is not a meshsdk cache")
+    text = "\n---\n".join(json.dumps(d, ensure_ascii=False) for d in payload["documents"])
+    config = config_from_result(load_string(text, source=str(path)))
+    return payload["version"], config
+
+
+class ConfigClient:
+    """Keeps ``mesh`` on the config service's latest valid version, in a background thread.
+
+    ``clock`` stamps ``last_change``; ``rng`` draws the backoff jitter. ``initial_backoff``
+    / ``max_backoff`` / ``jitter`` shape reconnect delays (see :func:`next_backoff`).
+    ``ip`` is the node's address as told to the server (``$INSTANCE_IP`` by default).
+    """
+
+    def __init__(self, mesh: Mesh, address: str, *, workload: Workload,
+                 cache_dir: str | os.PathLike[str] | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None,
+                 initial_backoff: float = 0.5, max_backoff: float = 30.0,
+                 jitter: float = 0.2, ip: str | None = None) -> None:
+        self._mesh = mesh
+        self._address = address
+        self._node = NodeIdentity.from_workload(
+            workload, ip or os.environ.get("INSTANCE_IP") or "127.0.0.1")
+        self._cache_dir = Path(cache_dir) if cache_dir is not None \
+            else default_cache_dir(workload)
+        self._clock = clock
+        self._rng = rng if rng is not None else random.Random()
+        self._backoff = (initial_backoff, max_backoff, jitter)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._call: Any = None
+        self._thread: threading.Thread | None = None
+        self._connected = False
+        self._version: str | None = None
+        self._source: Source | None = None
+        self._last_error: str | None = None
+        self._last_change: float | None = None
+
+    # -- public ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background stream (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="meshsdk-config-client",
+                                            daemon=True)
+            self._thread.start()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a first config (server or cache)."""
+        return self._ready.wait(timeout)
+
+    def status(self) -> ClientStatus:
+        """A consistent copy of the client's state."""
+        with self._lock:
+            return ClientStatus(self._connected, self._version, self._source,
+                                self._last_error, self._last_change)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the stream and the thread; the mesh keeps its current config."""
+        self._stop.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self._lock:
+            self._connected = False
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            answered = self._stream_once()
+            with self._lock:
+                self._connected = False
+            if self._stop.is_set():
+                break
+            if self._source is None:
+                self._load_cache()
+            attempt = 0 if answered else attempt + 1
+            initial, maximum, jitter = self._backoff
+            delay = next_backoff(attempt, self._rng, initial=initial, maximum=maximum,
+                                 jitter=jitter)
+            self._stop.wait(delay)
+
+    def _stream_once(self) -> bool:
+        """Run one stream to its end; True if the server answered at least once."""
+        outbox: queue.Queue[ProtoMessage] = queue.Queue()
+        done = threading.Event()
+
+        def requests() -> Iterator[ProtoMessage]:
+            while not (done.is_set() or self._stop.is_set()):
+                try:
+                    yield outbox.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+
+        for url in TYPE_URLS.values():
+            outbox.put(subscribe_request(url, node=self._node, version_info=self._version or ""))
+        pending: dict[str, Any] = {}
+        answered = False
+        channel = grpc.insecure_channel(self._address)
+        try:
+            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+            self._call = stub.StreamAggregatedResources(requests())
+            if self._stop.is_set():
+                self._call.cancel()
+            for response in self._call:
+                if not answered:
+                    answered = True
+                    with self._lock:
+                        self._connected = True
+                pending[response.type_url] = response
+                versions = {r.version_info for r in pending.values()}
+                if len(pending) == len(TYPE_URLS) and len(versions) == 1:
+                    for request in self._apply(list(pending.values())):
+                        outbox.put(request)
+                    pending.clear()
+        except grpc.RpcError as exc:
+            if not self._stop.is_set():
+                self._set_error(f"config service {self._address}: {_rpc_text(exc)}")
+        finally:
+            done.set()
+            self._call = None
+            channel.close()
+        return answered
+
+    def _apply(self, responses: list[Any]) -> list[ProtoMessage]:
+        """Validate and apply one complete version: the ACKs, or NACKs for every type."""
+        version: str = responses[0].version_info
+        try:
+            pushes: list[Push] = [decode_response(r) for r in responses]
+            config = config_for(r for p in pushes for r in p.resources)
+            self._mesh.update(config)
+        except MeshError as exc:
+            message = f"version {version} rejected: {exc}"
+            self._set_error(message)
+            previous = self._version or ""
+            return [nack_request(r.type_url, previous, r.nonce, str(exc)) for r in responses]
+        with self._lock:
+            self._version, self._source = version, "server"
+            self._last_change = self._clock()
+        self._ready.set()
+        try:
+            write_cache(self._cache_dir, version, config)
+        except OSError as exc:
+            self._set_error(f"config cache {self._cache_dir}: {exc}")
+        return [ack_request(p.type_url, p.version_info, p.nonce) for p in pushes]
+
+    def _load_cache(self) -> None:
+        """Apply the on-disk last-good config, if any (only before any server version)."""
+        try:
+            cached = read_cache(self._cache_dir)
+            if cached is None:
+                return
+            version, config = cached
+            self._mesh.update(config)
+        except MeshError as exc:
+            self._set_error(str(exc))
+            return
+        with self._lock:
+            self._version, self._source = version, "cache"
+            self._last_change = self._clock()
+        self._ready.set()
+
+    def _set_error(self, message: str) -> None:
+        with self._lock:
+            self._last_error = message
+
+
+def _rpc_text(exc: grpc.RpcError) -> str:
+    """``CODE: details`` of a gRPC failure."""
+    code = exc.code() if hasattr(exc, "code") else None
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    name = getattr(code, "name", "UNKNOWN")
+    return f"{name}: {details}"
+
+
+def empty_config() -> Config:
+    """A valid Config with no resources: what a connected mesh starts on."""
+    return config_from_result(load_string(""))
+
+
+__all__ = [
+    "CACHE_FILE",
+    "ClientStatus",
+    "ConfigClient",
+    "default_cache_dir",
+    "empty_config",
+    "next_backoff",
+    "read_cache",
+    "write_cache",
+]

@@ -1,0 +1,544 @@
+"""The config service over gRPC: Istio config pushed to subscribers on one ADS stream each.
+
+:class:`ConfigServer` serves a :class:`~meshsdk.controlplane.filestore.ConfigStore` with
+``StreamAggregatedResources`` (state of the world). The protocol, fixed for the client:
+
+* the client subscribes (a request without nonce, carrying its node on the stream's
+  first request) to every type URL of :data:`~meshsdk.controlplane.wire.TYPE_URLS`;
+* each subscribed type is answered with every resource of that kind the subscriber may
+  see, ``version_info`` being the store's version (one version for all types of one
+  snapshot) and a fresh nonce;
+* on every new store version, *all* subscribed types are pushed again, so a client
+  applies a version once it holds all its types;
+* ACKs and NACKs are recorded per subscriber (:meth:`ConfigServer.syncz`). As istiod
+  does, an ACK or NACK whose nonce is not the latest one sent for its type is stale
+  and ignored. ``resource_names`` are ignored (every subscription is a wildcard),
+  and a node sent again later on the same stream does not replace the first one.
+
+Visibility follows ``exportTo`` for VirtualService, DestinationRule and ServiceEntry
+(an empty list means the mesh-wide default, ``*`` unless MeshConfig says otherwise).
+Not done here, unlike istiod: Sidecar egress scoping (a namespace's ``Sidecar`` hiding
+hosts it does not import) and per-proxy pruning of kinds by workload selector; every
+other kind is sent whole to everyone.
+
+Threading: gRPC runs each stream's response generator on a pool thread (the pool is
+sized ``max_streams``, 64 by default, and gRPC refuses further streams with
+RESOURCE_EXHAUSTED); a daemon thread per stream reads its requests. Pushes from the
+store's subscription callback go into each subscriber's queue, under the same lock as
+subscriptions, so no subscriber ever receives an older version after a newer one.
+
+:class:`DebugServer` exposes ``/debug/syncz``, ``/debug/config_dump``, ``/healthz`` and
+``/readyz`` over plain HTTP on 127.0.0.1. ``python -m meshsdk.controlplane.server
+--config DIR`` runs both until SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import json
+import logging
+import queue
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType, TracebackType
+from typing import Any
+
+import grpc  # type: ignore[import-untyped]
+from envoy.service.discovery.v3 import ads_pb2_grpc  # type: ignore[import-untyped]
+
+from meshsdk.config.resource import Config, Resource
+from meshsdk.config.snapshot import visible
+from meshsdk.controlplane.filestore import ConfigStore
+from meshsdk.controlplane.wire import (
+    Ack,
+    Nack,
+    NodeIdentity,
+    ProtoMessage,
+    Subscribe,
+    WireError,
+    discovery_response,
+    kind_of,
+    parse_request,
+    resource_document,
+)
+from meshsdk.errors import ConfigError
+
+__all__ = ["ConfigServer", "DebugServer", "is_visible", "main"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 15010
+DEFAULT_DEBUG_PORT = 15014
+MAX_STREAMS = 64
+RECENT_DISCONNECTS = 32
+
+
+def _iso(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat()
+
+
+def is_visible(resource: Resource, namespace: str, config: Config) -> bool:
+    """Whether a subscriber in ``namespace`` may see ``resource`` (Istio's exportTo).
+
+    Kinds without ``exportTo`` are visible to all; an empty ``exportTo`` falls back to
+    the mesh default for the kind (``*`` by default), as in istiod.
+    """
+    export_to: list[str] | None = getattr(resource.spec, "export_to", None)
+    if export_to is None:
+        return True
+    if not export_to:
+        mesh = config.mesh
+        defaults = {"VirtualService": mesh.default_virtual_service_export_to,
+                    "DestinationRule": mesh.default_destination_rule_export_to,
+                    "ServiceEntry": mesh.default_service_export_to}
+        export_to = defaults.get(resource.kind) or ["*"]
+    return visible(export_to, resource.namespace, namespace)
+
+
+# --- per-subscriber bookkeeping -----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _TypeState:
+    """What was last sent and ACKed for one type URL on one stream."""
+
+    sent_version: str = ""
+    sent_nonce: str = ""
+    acked_version: str = ""
+    acked_nonce: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _NackRecord:
+    type_url: str
+    version: str
+    nonce: str
+    message: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Abort:
+    """Queue item: end the stream with a gRPC error."""
+
+    code: Any
+    message: str
+
+
+_QueueItem = ProtoMessage | _Abort | None
+
+
+@dataclass(slots=True)
+class _Subscriber:
+    """One connected ADS stream. Mutated under the server's lock only."""
+
+    connection_id: str
+    peer: str
+    connected_since: float
+    outbox: queue.Queue[_QueueItem] = field(default_factory=queue.Queue)
+    node: NodeIdentity | None = None
+    types: dict[str, _TypeState] = field(default_factory=dict)
+    acked_version: str = ""
+    last_nack: _NackRecord | None = None
+    disconnected_at: float | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """The syncz entry (JSON-compatible)."""
+        node = self.node
+        nack = self.last_nack
+        entry: dict[str, Any] = {
+            "connection_id": self.connection_id,
+            "node_id": node.node_id if node else None,
+            "namespace": node.namespace if node else None,
+            "workload": node.name if node else None,
+            "peer": self.peer,
+            "connected_since": _iso(self.connected_since),
+            "acked_version": self.acked_version or None,
+            "last_nack": None if nack is None else {
+                "type_url": nack.type_url, "version": nack.version, "nonce": nack.nonce,
+                "message": nack.message, "at": _iso(nack.at)},
+            "types": {url: {"sent_version": s.sent_version, "sent_nonce": s.sent_nonce,
+                            "acked_version": s.acked_version or None}
+                      for url, s in sorted(self.types.items())},
+        }
+        if self.disconnected_at is not None:
+            entry["disconnected_at"] = _iso(self.disconnected_at)
+        return entry
+
+
+# --- the gRPC server ----------------------------------------------------------------------
+
+
+class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
+    """Serve a started ConfigStore over ADS; see the module docstring for the protocol.
+
+    Usage::
+
+        with ConfigStore("config/") as store, ConfigServer(store, port=0) as server:
+            print(server.port)
+
+    The store's lifecycle stays with the caller; the server only subscribes to it.
+    """
+
+    def __init__(self, store: ConfigStore, *, host: str = "127.0.0.1",
+                 port: int = DEFAULT_PORT, max_streams: int = MAX_STREAMS) -> None:
+        self.store = store
+        self.host = host
+        self._requested_port = port
+        self.max_streams = max_streams
+        self._port: int | None = None
+        self._lock = threading.Lock()   # guards everything below and orders all sends
+        self._subscribers: dict[str, _Subscriber] = {}
+        self._recent: collections.deque[_Subscriber] = collections.deque(
+            maxlen=RECENT_DISCONNECTS)
+        self._config: Config | None = None
+        self._version = ""
+        self._counter = 0
+        self._grpc: Any = None
+        self._serving = threading.Event()
+        self._unsubscribe: Any = None
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> ConfigServer:
+        """Subscribe to the store and start serving; ``port=0`` picks a free port."""
+        if self._grpc is not None:
+            raise RuntimeError("ConfigServer.start() called twice")
+        self._unsubscribe = self.store.subscribe(self._on_version, replay=True)
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.max_streams,
+                                                        thread_name_prefix="ads"),
+                             maximum_concurrent_rpcs=self.max_streams)
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, server)
+        try:
+            self._port = int(server.add_insecure_port(f"{self.host}:{self._requested_port}"))
+        except RuntimeError as exc:
+            self._unsubscribe()
+            raise OSError(f"cannot listen on {self.host}:{self._requested_port}: {exc}") from exc
+        server.start()
+        self._grpc = server
+        self._serving.set()
+        return self
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop accepting streams, end the open ones (after ``grace`` s) and unsubscribe."""
+        self._serving.clear()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        server, self._grpc = self._grpc, None
+        if server is None:
+            return
+        done = server.stop(grace)
+        with self._lock:
+            for sub in self._subscribers.values():
+                sub.outbox.put(None)
+        done.wait(5.0 if grace is None else grace + 5.0)
+
+    def __enter__(self) -> ConfigServer:
+        return self.start() if self._grpc is None else self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop(None)
+
+    @property
+    def port(self) -> int:
+        """The port actually listened on (after :meth:`start`)."""
+        if self._port is None:
+            raise RuntimeError("ConfigServer not started")
+        return self._port
+
+    @property
+    def serving(self) -> bool:
+        """Whether the gRPC server is started and not stopped."""
+        return self._serving.is_set()
+
+    # --- pushes ----------------------------------------------------------------------
+
+    def _on_version(self, config: Config, version: str) -> None:
+        """Store callback: remember the snapshot and push every subscribed type again."""
+        with self._lock:
+            if version == self._version:
+                return
+            self._config, self._version = config, version
+            for sub in self._subscribers.values():
+                for type_url in sorted(sub.types):
+                    self._send(sub, type_url)
+
+    def _send(self, sub: _Subscriber, type_url: str) -> None:
+        """Queue the current snapshot of one type for one subscriber (lock held)."""
+        config = self._config
+        if config is None or sub.node is None:
+            return
+        kind = kind_of(type_url)
+        namespace = sub.node.namespace
+        resources = [r for r in config.of_kind(kind) if is_visible(r, namespace, config)]
+        nonce = uuid.uuid4().hex
+        state = sub.types.setdefault(type_url, _TypeState())
+        state.sent_version, state.sent_nonce = self._version, nonce
+        try:
+            response = discovery_response(type_url, self._version, nonce, resources)
+        except WireError as exc:  # a validated config should always encode
+            log.exception("cannot encode %s for %s", type_url, sub.connection_id)
+            sub.outbox.put(_Abort(grpc.StatusCode.INTERNAL, str(exc)))
+            return
+        sub.outbox.put(response)
+
+    # --- the stream ------------------------------------------------------------------
+
+    def StreamAggregatedResources(
+            self, request_iterator: Iterator[ProtoMessage], context: Any,
+    ) -> Iterator[ProtoMessage]:
+        """One subscriber: a reader thread handles requests, this generator writes."""
+        with self._lock:
+            self._counter += 1
+            sub = _Subscriber(f"conn-{self._counter}", str(context.peer()), time.time())
+            self._subscribers[sub.connection_id] = sub
+        context.add_callback(lambda: sub.outbox.put(None))
+        reader = threading.Thread(target=self._read, args=(sub, request_iterator),
+                                  name=f"ads-read:{sub.connection_id}", daemon=True)
+        reader.start()
+        try:
+            while (item := sub.outbox.get()) is not None:
+                if isinstance(item, _Abort):
+                    context.abort(item.code, item.message)
+                    return
+                yield item
+        finally:
+            with self._lock:
+                self._subscribers.pop(sub.connection_id, None)
+                sub.disconnected_at = time.time()
+                self._recent.append(sub)
+            log.info("subscriber %s (%s) disconnected", sub.connection_id,
+                     sub.node.node_id if sub.node else "no node")
+
+    def _read(self, sub: _Subscriber, requests: Iterator[ProtoMessage]) -> None:
+        """Handle a stream's requests until the client half-closes or the RPC ends."""
+        try:
+            for request in requests:
+                try:
+                    message = parse_request(request)
+                except WireError as exc:
+                    sub.outbox.put(_Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
+                    return
+                with self._lock:
+                    problem = self._handle(sub, message)
+                if problem is not None:
+                    sub.outbox.put(_Abort(grpc.StatusCode.INVALID_ARGUMENT, problem))
+                    return
+        except Exception as exc:  # the RPC was cancelled or failed: the stream is over
+            log.debug("stream %s ended: %r", sub.connection_id, exc)
+        sub.outbox.put(None)
+
+    def _handle(self, sub: _Subscriber, message: Subscribe | Ack | Nack) -> str | None:
+        """Apply one request (lock held); return an error to end the stream with."""
+        if sub.node is None:
+            if message.node is None:
+                return "the first request of a stream must carry the node"
+            sub.node = message.node
+            log.info("subscriber %s is %s", sub.connection_id, sub.node.node_id)
+        if isinstance(message, Subscribe):
+            self._send(sub, message.type_url)
+            return None
+        state = sub.types.get(message.type_url)
+        if state is None or message.nonce != state.sent_nonce:
+            log.debug("stale %s from %s ignored", type(message).__name__, sub.connection_id)
+            return None
+        if isinstance(message, Nack):
+            sub.last_nack = _NackRecord(message.type_url, state.sent_version, message.nonce,
+                                        message.message, time.time())
+            log.warning("%s rejected %s %s: %s", sub.connection_id, message.type_url,
+                        state.sent_version, message.message)
+            return None
+        state.acked_version, state.acked_nonce = message.version_info, message.nonce
+        versions = {s.acked_version for s in sub.types.values()}
+        if len(versions) == 1 and "" not in versions:
+            sub.acked_version = versions.pop()
+        return None
+
+    # --- introspection ---------------------------------------------------------------
+
+    def syncz(self) -> list[dict[str, Any]]:
+        """Each connected subscriber: node, namespace, workload, ACKed version, last NACK.
+
+        ``acked_version`` is the newest version ACKed for *every* subscribed type.
+        """
+        with self._lock:
+            return [s.describe() for s in self._subscribers.values()]
+
+    def recently_disconnected(self) -> list[dict[str, Any]]:
+        """The last few subscribers that went away (newest last), as syncz entries."""
+        with self._lock:
+            return [s.describe() for s in self._recent]
+
+    def config_dump(self) -> dict[str, Any]:
+        """The version served, its resources by kind (as documents), and the store error."""
+        error = self.store.last_error
+        with self._lock:
+            config, version = self._config, self._version
+        resources: dict[str, list[dict[str, Any]]] = {}
+        for r in config.resources if config is not None else ():
+            resources.setdefault(r.kind, []).append(resource_document(r))
+        return {
+            "version": version or None,
+            "resources": resources,
+            "last_error": None if error is None else {
+                "message": error.message, "files": list(error.files),
+                "changed": list(error.changed), "attempted_at": _iso(error.attempted_at),
+                "serving": error.serving},
+        }
+
+    @property
+    def ready(self) -> bool:
+        """Serving gRPC and holding a valid config."""
+        with self._lock:
+            has_config = self._config is not None
+        return has_config and self.serving
+
+
+# --- debug HTTP ---------------------------------------------------------------------------
+
+
+class DebugServer:
+    """``/debug/syncz``, ``/debug/disconnected``, ``/debug/config_dump``, ``/healthz``
+    and ``/readyz`` for one ConfigServer, on a stdlib HTTP server thread.
+
+    Unauthenticated, so it binds 127.0.0.1 only by default; ``port=0`` picks a free port.
+    """
+
+    def __init__(self, config_server: ConfigServer, *, host: str = "127.0.0.1",
+                 port: int = DEFAULT_DEBUG_PORT) -> None:
+        self.config_server = config_server
+        self.host = host
+        self._requested_port = port
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> DebugServer:
+        """Bind and serve in a daemon thread."""
+        if self._httpd is not None:
+            raise RuntimeError("DebugServer.start() called twice")
+        handler = _handler_for(self.config_server)
+        self._httpd = ThreadingHTTPServer((self.host, self._requested_port), handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever,
+                                        kwargs={"poll_interval": 0.1}, name="debug-http",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        httpd.shutdown()
+        httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(5.0)
+
+    @property
+    def port(self) -> int:
+        """The port actually listened on."""
+        if self._httpd is None:
+            raise RuntimeError("DebugServer not started")
+        return int(self._httpd.server_address[1])
+
+    def __enter__(self) -> DebugServer:
+        return self.start() if self._httpd is None else self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def _handler_for(server: ConfigServer) -> type[BaseHTTPRequestHandler]:
+    """A request handler class bound to ``server``."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/debug/syncz":
+                self._json(200, server.syncz())
+            elif path == "/debug/disconnected":
+                self._json(200, server.recently_disconnected())
+            elif path == "/debug/config_dump":
+                self._json(200, server.config_dump())
+            elif path == "/healthz":
+                self._text(200, "ok\n")
+            elif path == "/readyz":
+                if server.ready:
+                    self._text(200, "ready\n")
+                else:
+                    self._text(503, "not ready\n")
+            else:
+                self._text(404, "not found\n")
+
+        def _json(self, status: int, body: Any) -> None:
+            self._send(status, json.dumps(body, indent=1).encode(), "application/json")
+
+        def _text(self, status: int, body: str) -> None:
+            self._send(status, body.encode(), "text/plain; charset=utf-8")
+
+        def _send(self, status: int, data: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("debug http: " + format, *args)
+
+    return Handler
+
+
+# --- command line -------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve ``--config DIR`` over ADS and debug HTTP until SIGINT/SIGTERM; 0 on a clean stop."""
+    parser = argparse.ArgumentParser(prog="python -m meshsdk.controlplane.server",
+                                     description=main.__doc__)
+    parser.add_argument("--config", required=True, help="directory of Istio YAML")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="ADS gRPC port")
+    parser.add_argument("--debug-port", type=int, default=DEFAULT_DEBUG_PORT)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with ConfigStore(args.config) as store, \
+                ConfigServer(store, host=args.host, port=args.port) as server, \
+                DebugServer(server, port=args.debug_port) as debug:
+            print(f"serving {args.config} version {store.version}: ADS on "
+                  f"{args.host}:{server.port}, debug on 127.0.0.1:{debug.port}",
+                  file=sys.stderr, flush=True)
+            while not stop.wait(0.5):
+                pass
+            print("stopping", file=sys.stderr, flush=True)
+    except (ConfigError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

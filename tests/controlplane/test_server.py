@@ -1,0 +1,326 @@
+"""ConfigServer over real gRPC and DebugServer over real HTTP, fed by a real watched
+directory (bounded polling with deadlines, never fixed sleeps for results)."""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc  # type: ignore[import-untyped]
+import pytest
+from envoy.service.discovery.v3 import ads_pb2_grpc  # type: ignore[import-untyped]
+
+from meshsdk.controlplane.filestore import ConfigStore
+from meshsdk.controlplane.server import ConfigServer, DebugServer
+from meshsdk.controlplane.wire import (
+    TYPE_URLS,
+    NodeIdentity,
+    ProtoMessage,
+    Push,
+    ack_request,
+    decode_response,
+    nack_request,
+    subscribe_request,
+    type_url_of,
+)
+
+WAIT = 3.0
+
+ROUTES = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {{host: reviews}}
+    timeout: {timeout}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: default}}
+spec:
+  host: reviews
+"""
+
+PRIVATE = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: private, namespace: other}
+spec:
+  hosts: [secret.other.svc.cluster.local]
+  exportTo: ["."]
+  http:
+  - route:
+    - destination: {host: secret.other.svc.cluster.local}
+"""
+
+DEFAULT_NODE = NodeIdentity(ip="127.0.0.1", name="productpage-v1", namespace="default",
+                            labels={"app": "productpage"})
+OTHER_NODE = NodeIdentity(ip="127.0.0.2", name="secret-v1", namespace="other",
+                          labels={"app": "secret"})
+
+
+def wait_for(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+class Client:
+    """A raw ADS stream: requests go through a queue, responses are read by a thread."""
+
+    def __init__(self, port: int) -> None:
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self.outbox: queue.Queue[ProtoMessage | None] = queue.Queue()
+        self.inbox: queue.Queue[Any] = queue.Queue()
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
+        self.call = stub.StreamAggregatedResources(self._requests(), timeout=30)
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _requests(self) -> Iterator[ProtoMessage]:
+        while (item := self.outbox.get()) is not None:
+            yield item
+
+    def _read(self) -> None:
+        try:
+            for response in self.call:
+                self.inbox.put(response)
+        except grpc.RpcError as exc:
+            self.inbox.put(exc)
+
+    def send(self, request: ProtoMessage) -> None:
+        self.outbox.put(request)
+
+    def next(self, timeout: float = WAIT) -> Push:
+        item = self.inbox.get(timeout=timeout)
+        if isinstance(item, Exception):
+            raise item
+        return decode_response(item)
+
+    def subscribe_all(self, node: NodeIdentity) -> dict[str, Push]:
+        """Subscribe to every type (node on the first request) and collect one push each."""
+        for i, url in enumerate(TYPE_URLS.values()):
+            self.send(subscribe_request(url, node=node if i == 0 else None))
+        return self.round()
+
+    def round(self) -> dict[str, Push]:
+        """One push per type URL (e.g. after a new version)."""
+        pushes: dict[str, Push] = {}
+        while len(pushes) < len(TYPE_URLS):
+            push = self.next()
+            assert push.type_url not in pushes, f"{push.type_url} pushed twice"
+            pushes[push.type_url] = push
+        return pushes
+
+    def ack_all(self, pushes: dict[str, Push]) -> None:
+        for push in pushes.values():
+            self.send(ack_request(push.type_url, push.version_info, push.nonce))
+
+    def close(self) -> None:
+        self.outbox.put(None)
+        self.call.cancel()
+        self.channel.close()
+        self._thread.join(WAIT)
+
+
+@pytest.fixture
+def config_dir(tmp_path: Path) -> Path:
+    (tmp_path / "routes.yaml").write_text(ROUTES.format(timeout="5s"))
+    (tmp_path / "private.yaml").write_text(PRIVATE)
+    return tmp_path
+
+
+@pytest.fixture
+def store(config_dir: Path) -> Iterator[ConfigStore]:
+    with ConfigStore(config_dir, quiet=0.05) as s:
+        yield s
+
+
+@pytest.fixture
+def server(store: ConfigStore) -> Iterator[ConfigServer]:
+    with ConfigServer(store, port=0) as s:
+        yield s
+
+
+@pytest.fixture
+def connect(server: ConfigServer) -> Iterator[Callable[[], Client]]:
+    clients: list[Client] = []
+
+    def make() -> Client:
+        clients.append(Client(server.port))
+        return clients[-1]
+
+    yield make
+    for c in clients:
+        c.close()
+
+
+def names(push: Push) -> list[str]:
+    return [f"{r.namespace}/{r.name}" for r in push.resources]
+
+
+def syncz_one(server: ConfigServer) -> dict[str, Any]:
+    entries = server.syncz()
+    assert len(entries) == 1, entries
+    return entries[0]
+
+
+def test_subscribe_all_types_then_ack_and_nack(server: ConfigServer, store: ConfigStore,
+                                               connect: Callable[[], Client]) -> None:
+    client = connect()
+    pushes = client.subscribe_all(DEFAULT_NODE)
+    assert set(pushes) == set(TYPE_URLS.values())
+    assert {p.version_info for p in pushes.values()} == {store.version}
+    assert len({p.nonce for p in pushes.values()}) == len(pushes)
+    assert names(pushes[type_url_of("VirtualService")]) == ["default/reviews"]  # private hidden
+    assert names(pushes[type_url_of("DestinationRule")]) == ["default/reviews"]
+    assert all(not p.resources for url, p in pushes.items()
+               if url not in {type_url_of("VirtualService"), type_url_of("DestinationRule")})
+
+    entry = syncz_one(server)
+    assert (entry["node_id"], entry["namespace"], entry["workload"]) == \
+        (DEFAULT_NODE.node_id, "default", "productpage-v1")
+    assert entry["acked_version"] is None
+    client.ack_all(pushes)
+    wait_for(lambda: syncz_one(server)["acked_version"] == store.version, "the ACK")
+
+    dr = pushes[type_url_of("DestinationRule")]
+    client.send(nack_request(dr.type_url, dr.version_info, dr.nonce, "default/reviews: nope"))
+    wait_for(lambda: syncz_one(server)["last_nack"] is not None, "the NACK")
+    nack = syncz_one(server)["last_nack"]
+    assert (nack["type_url"], nack["version"], nack["message"]) == \
+        (dr.type_url, store.version, "default/reviews: nope")
+    # a stale nonce is ignored, as istiod does
+    client.send(ack_request(dr.type_url, "v0-old", "not-a-nonce"))
+    client.send(nack_request(dr.type_url, dr.version_info, dr.nonce, "second"))
+    wait_for(lambda: syncz_one(server)["last_nack"]["message"] == "second", "the 2nd NACK")
+    assert syncz_one(server)["acked_version"] == store.version
+
+
+def test_export_to_dot_is_scoped_to_its_namespace(connect: Callable[[], Client]) -> None:
+    other = connect().subscribe_all(OTHER_NODE)
+    assert sorted(names(other[type_url_of("VirtualService")])) == \
+        ["default/reviews", "other/private"]
+    default = connect().subscribe_all(DEFAULT_NODE)
+    assert names(default[type_url_of("VirtualService")]) == ["default/reviews"]
+
+
+def test_edit_pushes_every_type_and_invalid_edit_pushes_nothing(
+        server: ConfigServer, store: ConfigStore, config_dir: Path,
+        connect: Callable[[], Client]) -> None:
+    client = connect()
+    first = client.subscribe_all(DEFAULT_NODE)
+    client.ack_all(first)
+    v1 = store.version
+
+    (config_dir / "routes.yaml").write_text(ROUTES.format(timeout="9s"))
+    second = client.round()
+    v2 = store.version
+    assert v2 != v1
+    assert {p.version_info for p in second.values()} == {v2}
+    vs = second[type_url_of("VirtualService")].resources[0]
+    old = first[type_url_of("VirtualService")].resources[0]
+    assert vs.spec.http[0].timeout != old.spec.http[0].timeout
+    client.ack_all(second)
+    wait_for(lambda: syncz_one(server)["acked_version"] == v2, "the ACK of v2")
+
+    (config_dir / "routes.yaml").write_text(ROUTES.format(timeout="banana"))
+    wait_for(lambda: store.last_error is not None, "the store to reject the edit")
+    assert store.version == v2
+    with pytest.raises(queue.Empty):
+        client.inbox.get(timeout=0.3)
+    dump = server.config_dump()
+    assert dump["version"] == v2
+    assert "'banana'" in dump["last_error"]["message"]
+    assert dump["last_error"]["serving"] == v2
+    assert sorted(d["metadata"]["name"] for d in dump["resources"]["VirtualService"]) == \
+        ["private", "reviews"]
+
+
+def test_disconnect_removes_the_subscriber(server: ConfigServer,
+                                           connect: Callable[[], Client]) -> None:
+    client = connect()
+    client.subscribe_all(DEFAULT_NODE)
+    assert syncz_one(server)["node_id"] == DEFAULT_NODE.node_id
+    client.close()
+    wait_for(lambda: server.syncz() == [], "the subscriber to go away")
+    gone = server.recently_disconnected()
+    assert [g["node_id"] for g in gone] == [DEFAULT_NODE.node_id]
+    assert "disconnected_at" in gone[0]
+
+
+def test_first_request_without_node_is_refused(connect: Callable[[], Client]) -> None:
+    client = connect()
+    client.send(subscribe_request(type_url_of("Gateway")))
+    with pytest.raises(grpc.RpcError) as err:
+        client.next()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "node" in err.value.details()
+
+
+def _get(port: int, path: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=WAIT) as r:
+            return r.status, r.headers["Content-Type"], r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read().decode()
+
+
+def test_debug_http_endpoints(server: ConfigServer, store: ConfigStore,
+                              connect: Callable[[], Client]) -> None:
+    client = connect()
+    client.ack_all(client.subscribe_all(OTHER_NODE))
+    wait_for(lambda: syncz_one(server)["acked_version"] == store.version, "the ACK")
+    with DebugServer(server, port=0) as debug:
+        assert _get(debug.port, "/healthz")[0] == 200
+        assert _get(debug.port, "/readyz")[0] == 200
+        status, ctype, body = _get(debug.port, "/debug/syncz")
+        assert (status, ctype) == (200, "application/json")
+        [entry] = json.loads(body)
+        assert (entry["namespace"], entry["workload"], entry["acked_version"]) == \
+            ("other", "secret-v1", store.version)
+        status, _, body = _get(debug.port, "/debug/config_dump")
+        dump = json.loads(body)
+        assert status == 200 and dump["version"] == store.version
+        assert dump["last_error"] is None
+        assert sorted(dump["resources"]) == ["DestinationRule", "VirtualService"]
+        assert _get(debug.port, "/nope")[0] == 404
+        server.stop(grace=0)
+        assert _get(debug.port, "/readyz")[0] == 503
+        assert _get(debug.port, "/healthz")[0] == 200
+
+
+def test_main_serves_until_sigterm(config_dir: Path) -> None:
+    """``python -m meshsdk.controlplane.server`` starts, answers /readyz, stops cleanly."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meshsdk.controlplane.server", "--config", str(config_dir),
+         "--port", "0", "--debug-port", "0"], stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        line = ""
+        deadline = time.monotonic() + 10
+        while "serving" not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+        debug_port = int(line.rsplit(":", 1)[1])
+        assert _get(debug_port, "/readyz")[0] == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
