@@ -324,3 +324,14 @@ def test_main_serves_until_sigterm(config_dir: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_meshctl_serve_refuses_an_invalid_directory(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from meshsdk.cli import main as meshctl
+    (tmp_path / "bad.yaml").write_text(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\n"
+        "metadata: {name: x}\nspec: {hosts: [x], http: [{route: [{weight: -1}]}]}\n")
+    assert meshctl(["serve", "--config", str(tmp_path), "--port", "0",
+                    "--debug-port", "0"]) == 1
+    assert "bad.yaml" in capsys.readouterr().err
