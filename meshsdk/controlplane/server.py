@@ -45,7 +45,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -190,8 +190,12 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
     """
 
     def __init__(self, store: ConfigStore, *, host: str = "127.0.0.1",
-                 port: int = DEFAULT_PORT, max_streams: int = MAX_STREAMS) -> None:
+                 port: int = DEFAULT_PORT, max_streams: int = MAX_STREAMS,
+                 services: Sequence[Callable[[Any], None]] = ()) -> None:
+        """``services`` add more gRPC services to the same server before it starts
+        (``lambda server: add_ca_service(server, ca, tokens)`` for the CA)."""
         self.store = store
+        self._services = tuple(services)
         self.host = host
         self._requested_port = port
         self.max_streams = max_streams
@@ -218,6 +222,8 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
                                                         thread_name_prefix="ads"),
                              maximum_concurrent_rpcs=self.max_streams)
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, server)
+        for add in self._services:
+            add(server)
         try:
             self._port = int(server.add_insecure_port(f"{self.host}:{self._requested_port}"))
         except RuntimeError as exc:

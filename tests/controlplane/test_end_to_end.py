@@ -99,3 +99,23 @@ def test_an_edit_on_disk_changes_live_traffic_within_a_second(
             assert _versions(mesh, 10) == Counter({"v2": 10})
         finally:
             mesh.close()
+
+
+def test_the_same_server_signs_workload_certificates(tmp_path: Path) -> None:
+    from meshsdk.controlplane.ca_service import TokenDirectory, add_ca_service, remote_signer
+    from meshsdk.security.ca import MeshCA
+    from meshsdk.security.identity import WorkloadIdentity
+
+    config_dir, tokens = tmp_path / "config", tmp_path / "tokens"
+    config_dir.mkdir()
+    tokens.mkdir()
+    (tokens / "default.reviews.token").write_text("a-long-enough-bootstrap-token\n")
+    ca = MeshCA.create()
+    with ConfigStore(config_dir).start() as store, ConfigServer(
+            store, port=0,
+            services=[lambda s: add_ca_service(s, ca, TokenDirectory(tokens))]) as server:
+        signer = remote_signer(f"127.0.0.1:{server.port}", "a-long-enough-bootstrap-token")
+        with WorkloadIdentity.from_signer(
+                signer, "spiffe://cluster.local/ns/default/sa/reviews") as identity:
+            assert identity.spiffe_id == "spiffe://cluster.local/ns/default/sa/reviews"
+            assert identity.roots_pem == ca.roots
