@@ -14,7 +14,7 @@ import asyncio
 import os
 import random
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -201,17 +201,22 @@ class Mesh:
     @classmethod
     def connect(cls, address: str, workload: Workload | None = None, *,
                 cache_dir: str | os.PathLike[str] | None = None, wait: float = 5.0,
-                **mesh_options: Any) -> Mesh:
+                register: bool = False, ip: str | None = None,
+                ports: Mapping[str, int] | None = None, **mesh_options: Any) -> Mesh:
         """A mesh fed by the config service at ``address`` (``host:port``, ADS over gRPC).
 
         Starts on an empty config and waits up to ``wait`` seconds for a first version
         from the server (or, if it is unreachable, the on-disk cache in ``cache_dir``);
         returns anyway after that, and :meth:`status` tells. ``close()`` stops the client.
+        ``register=True`` asks the server to register this workload (at ``ip``, with its
+        named ``ports``) as a WorkloadEntry while connected, so ServiceEntries selecting
+        its labels route to it.
         """
         from meshsdk.controlplane.client import ConfigClient, empty_config
         mesh = cls(empty_config(), workload, **mesh_options)
         mesh._config_client = ConfigClient(mesh, address, workload=mesh.workload,
-                                           cache_dir=cache_dir)
+                                           cache_dir=cache_dir, ip=ip, ports=ports,
+                                           register=register)
         mesh._config_client.start()
         mesh._config_client.wait_ready(wait)
         return mesh

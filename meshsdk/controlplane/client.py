@@ -21,7 +21,7 @@ import random
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -130,7 +130,9 @@ class ConfigClient:
 
     ``clock`` stamps ``last_change``; ``rng`` draws the backoff jitter. ``initial_backoff``
     / ``max_backoff`` / ``jitter`` shape reconnect delays (see :func:`next_backoff`).
-    ``ip`` is the node's address as told to the server (``$INSTANCE_IP`` by default).
+    ``ip`` is the node's address as told to the server (``$INSTANCE_IP`` by default) and
+    ``ports`` its named ports (POD_PORTS). ``register`` sets AUTO_REGISTER: the server
+    then registers a WorkloadEntry for this node (at ``ip``) while the stream is up.
     """
 
     def __init__(self, mesh: Mesh, address: str, *, workload: Workload,
@@ -138,11 +140,13 @@ class ConfigClient:
                  clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None,
                  initial_backoff: float = 0.5, max_backoff: float = 30.0,
-                 jitter: float = 0.2, ip: str | None = None) -> None:
+                 jitter: float = 0.2, ip: str | None = None,
+                 ports: Mapping[str, int] | None = None, register: bool = False) -> None:
         self._mesh = mesh
         self._address = address
         self._node = NodeIdentity.from_workload(
-            workload, ip or os.environ.get("INSTANCE_IP") or "127.0.0.1")
+            workload, ip or os.environ.get("INSTANCE_IP") or "127.0.0.1", ports=ports,
+            auto_register=register)
         self._cache_dir = Path(cache_dir) if cache_dir is not None \
             else default_cache_dir(workload)
         self._clock = clock

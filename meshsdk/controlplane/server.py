@@ -21,15 +21,27 @@ Not done here, unlike istiod: Sidecar egress scoping (a namespace's ``Sidecar`` 
 hosts it does not import) and per-proxy pruning of kinds by workload selector; every
 other kind is sent whole to everyone.
 
+Workload registry (istiod's WorkloadGroup auto-registration, without the
+WorkloadGroup): a subscriber whose node metadata says ``AUTO_REGISTER: "true"`` gets
+a WorkloadEntry ``auto-<workload>-<ip>`` in its namespace, built from its node
+(address, labels, service account, named ports). Registered entries are merged with
+the store's config and validated together by the loader; a registration that does
+not validate is refused (logged) and the stream goes on. Each change of the
+registry's entries makes a new version ``<store version>+r<generation>``, pushed to
+every subscriber. When the registering stream ends, the entry stays for ``grace``
+seconds (istiod's ``PILOT_WORKLOAD_ENTRY_GRACE_PERIOD``, 10 s) and is then removed by
+a sweeper thread (or :meth:`ConfigServer.sweep`); a reconnect in time keeps it. Not
+done: WorkloadGroup templates and readiness probes (health status of entries).
+
 Threading: gRPC runs each stream's response generator on a pool thread (the pool is
 sized ``max_streams``, 64 by default, and gRPC refuses further streams with
 RESOURCE_EXHAUSTED); a daemon thread per stream reads its requests. Pushes from the
 store's subscription callback go into each subscriber's queue, under the same lock as
 subscriptions, so no subscriber ever receives an older version after a newer one.
 
-:class:`DebugServer` exposes ``/debug/syncz``, ``/debug/config_dump``, ``/healthz`` and
-``/readyz`` over plain HTTP on 127.0.0.1. ``python -m meshsdk.controlplane.server
---config DIR`` runs both until SIGINT/SIGTERM.
+:class:`DebugServer` exposes ``/debug/syncz``, ``/debug/config_dump``,
+``/debug/registryz``, ``/healthz`` and ``/readyz`` over plain HTTP on 127.0.0.1.
+``python -m meshsdk.controlplane.server --config DIR`` runs both until SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -55,6 +67,7 @@ from typing import Any
 import grpc  # type: ignore[import-untyped]
 from envoy.service.discovery.v3 import ads_pb2_grpc  # type: ignore[import-untyped]
 
+from meshsdk.config.loader import LoadResult, config_from_result, load_string
 from meshsdk.config.resource import Config, Resource
 from meshsdk.config.snapshot import visible
 from meshsdk.controlplane.filestore import ConfigStore
@@ -72,7 +85,8 @@ from meshsdk.controlplane.wire import (
 )
 from meshsdk.errors import ConfigError
 
-__all__ = ["ConfigServer", "DebugServer", "is_visible", "main"]
+__all__ = ["ConfigServer", "DebugServer", "is_visible", "main", "registration_document",
+           "registration_name"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +94,10 @@ DEFAULT_PORT = 15010
 DEFAULT_DEBUG_PORT = 15014
 MAX_STREAMS = 64
 RECENT_DISCONNECTS = 32
+REGISTRY_GRACE = 10.0
+"""Seconds a registered WorkloadEntry outlives its stream (PILOT_WORKLOAD_ENTRY_GRACE_PERIOD)."""
+SWEEP_INTERVAL = 0.25
+"""Seconds between two sweeps of expired registrations."""
 
 
 def _iso(t: float) -> str:
@@ -175,6 +193,57 @@ class _Subscriber:
         return entry
 
 
+# --- the workload registry ----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Registration:
+    """One auto-registered WorkloadEntry. Mutated under the server's lock only."""
+
+    resource: Resource
+    node_id: str
+    connection_id: str | None
+    registered_at: float
+    disconnected_since: float | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """The registryz entry (JSON-compatible)."""
+        spec = self.resource.spec
+        return {
+            "name": self.resource.name,
+            "namespace": self.resource.namespace,
+            "node_id": self.node_id,
+            "address": spec.address,
+            "labels": dict(spec.labels),
+            "ports": dict(spec.ports),
+            "service_account": spec.service_account,
+            "registered_at": _iso(self.registered_at),
+            "state": "connected" if self.disconnected_since is None else "disconnected",
+            "connection_id": self.connection_id,
+            "disconnected_since": None if self.disconnected_since is None
+            else _iso(self.disconnected_since),
+        }
+
+
+def registration_name(node: NodeIdentity) -> str:
+    """``auto-<workload>-<ip>``, the ip's dots and colons as dashes."""
+    return f"auto-{node.name}-{node.ip.replace('.', '-').replace(':', '-')}"
+
+
+def registration_document(node: NodeIdentity) -> dict[str, Any]:
+    """The WorkloadEntry document registered for an AUTO_REGISTER node."""
+    spec: dict[str, Any] = {"address": node.ip, "labels": dict(node.labels),
+                            "serviceAccount": node.service_account}
+    if node.ports:
+        spec["ports"] = dict(node.ports)
+    if node.locality:
+        spec["locality"] = node.locality
+    return {"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+            "metadata": {"name": registration_name(node), "namespace": node.namespace,
+                         "annotations": {"meshsdk.io/auto-registered": "true"}},
+            "spec": spec}
+
+
 # --- the gRPC server ----------------------------------------------------------------------
 
 
@@ -191,9 +260,15 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
 
     def __init__(self, store: ConfigStore, *, host: str = "127.0.0.1",
                  port: int = DEFAULT_PORT, max_streams: int = MAX_STREAMS,
-                 services: Sequence[Callable[[Any], None]] = ()) -> None:
+                 services: Sequence[Callable[[Any], None]] = (),
+                 grace: float = REGISTRY_GRACE, sweep_interval: float = SWEEP_INTERVAL,
+                 clock: Callable[[], float] = time.time) -> None:
         """``services`` add more gRPC services to the same server before it starts
-        (``lambda server: add_ca_service(server, ca, tokens)`` for the CA)."""
+        (``lambda server: add_ca_service(server, ca, tokens)`` for the CA).
+
+        ``grace`` is how long a registered WorkloadEntry outlives its stream; a sweeper
+        thread checks every ``sweep_interval`` s (0 or less: no thread, call
+        :meth:`sweep`). ``clock`` (wall seconds) stamps registrations, for tests."""
         self.store = store
         self._services = tuple(services)
         self.host = host
@@ -204,8 +279,17 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
         self._subscribers: dict[str, _Subscriber] = {}
         self._recent: collections.deque[_Subscriber] = collections.deque(
             maxlen=RECENT_DISCONNECTS)
-        self._config: Config | None = None
+        self._config: Config | None = None        # what is served: store + registry
         self._version = ""
+        self._store_config: Config | None = None
+        self._store_version = ""
+        self._registry: dict[tuple[str, str], _Registration] = {}
+        self._generation = 0
+        self.grace = grace
+        self._sweep_interval = sweep_interval
+        self._clock = clock
+        self._sweeper: threading.Thread | None = None
+        self._stopping = threading.Event()
         self._counter = 0
         self._grpc: Any = None
         self._serving = threading.Event()
@@ -232,11 +316,20 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
         server.start()
         self._grpc = server
         self._serving.set()
+        if self._sweep_interval > 0:
+            self._stopping.clear()
+            self._sweeper = threading.Thread(target=self._sweep_loop, name="registry-sweep",
+                                             daemon=True)
+            self._sweeper.start()
         return self
 
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting streams, end the open ones (after ``grace`` s) and unsubscribe."""
         self._serving.clear()
+        self._stopping.set()
+        sweeper, self._sweeper = self._sweeper, None
+        if sweeper is not None:
+            sweeper.join(5.0)
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -273,12 +366,119 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
     def _on_version(self, config: Config, version: str) -> None:
         """Store callback: remember the snapshot and push every subscribed type again."""
         with self._lock:
-            if version == self._version:
+            if version == self._store_version and self._store_config is not None:
                 return
-            self._config, self._version = config, version
-            for sub in self._subscribers.values():
-                for type_url in sorted(sub.types):
-                    self._send(sub, type_url)
+            self._store_config, self._store_version = config, version
+            self._publish()
+
+    def _publish(self) -> None:
+        """Serve the store's config plus the registry and push it to all (lock held).
+
+        Registry entries whose name a store resource already uses are left out (the
+        store wins). Before any registration the version is the store's own.
+        """
+        store = self._store_config
+        if store is None:
+            return
+        config = store
+        if self._registry:
+            taken = {r.key for r in store.resources}
+            extra = [g.resource for g in self._registry.values()
+                     if g.resource.key not in taken]
+            try:
+                config = self._merge(store, extra)
+            except ConfigError as exc:  # registrations are checked when made
+                log.error("registry entries do not fit store version %s, serving it "
+                          "without them: %s", self._store_version, exc)
+        version = self._store_version if self._generation == 0 \
+            else f"{self._store_version}+r{self._generation}"
+        if version == self._version:
+            return
+        self._config, self._version = config, version
+        for sub in self._subscribers.values():
+            for type_url in sorted(sub.types):
+                self._send(sub, type_url)
+
+    @staticmethod
+    def _merge(store: Config, extra: Sequence[Resource]) -> Config:
+        """The store's resources and ``extra`` as one Config, analysed by the loader."""
+        result = LoadResult()
+        result.extend(LoadResult(resources=list(store.resources)))
+        result.extend(LoadResult(resources=list(extra)))
+        return config_from_result(result, mesh=store.mesh)
+
+    # --- the workload registry -------------------------------------------------------
+
+    def _register(self, sub: _Subscriber, node: NodeIdentity) -> None:
+        """Register (or re-attach) the WorkloadEntry of an AUTO_REGISTER node (lock held).
+
+        An invalid entry, or one that makes the served config invalid, is refused and
+        logged; the stream is not affected.
+        """
+        document = registration_document(node)
+        ref = f"{node.namespace}/{document['metadata']['name']}"
+        result = load_string(json.dumps(document), source=f"registry:{ref}",
+                             namespace=node.namespace)
+        if result.errors or len(result.resources) != 1:
+            why = "; ".join(d.message for d in result.diagnostics) or "not accepted"
+            log.warning("registration of %s by %s refused: %s", ref, node.node_id, why)
+            return
+        resource = result.resources[0]
+        key = (resource.namespace, resource.name)
+        store = self._store_config
+        if store is not None and resource.key in {r.key for r in store.resources}:
+            log.warning("registration of %s by %s refused: the config already defines it",
+                        ref, node.node_id)
+            return
+        current = self._registry.get(key)
+        if current is not None and resource_document(current.resource) == \
+                resource_document(resource):
+            current.connection_id, current.node_id = sub.connection_id, node.node_id
+            current.disconnected_since = None
+            log.info("%s re-attached to %s", ref, sub.connection_id)
+            return
+        if store is not None:
+            others = [g.resource for k, g in self._registry.items() if k != key]
+            try:
+                self._merge(store, [*others, resource])
+            except ConfigError as exc:
+                log.warning("registration of %s by %s refused: %s", ref, node.node_id, exc)
+                return
+        self._registry[key] = _Registration(resource, node.node_id, sub.connection_id,
+                                            self._clock())
+        self._generation += 1
+        log.info("registered %s for %s", ref, node.node_id)
+        self._publish()
+
+    def _release(self, sub: _Subscriber) -> None:
+        """The stream of ``sub`` ended: its registrations start their grace (lock held)."""
+        now = self._clock()
+        for reg in self._registry.values():
+            if reg.connection_id == sub.connection_id and reg.disconnected_since is None:
+                reg.disconnected_since = now
+
+    def sweep(self, now: float | None = None) -> list[str]:
+        """Remove registrations disconnected for ``grace`` s or more (at ``now``, by
+        default the clock); push a new version if any went. Returns their names."""
+        with self._lock:
+            at = self._clock() if now is None else now
+            gone = [k for k, g in self._registry.items()
+                    if g.disconnected_since is not None
+                    and at - g.disconnected_since >= self.grace]
+            for key in gone:
+                del self._registry[key]
+                log.info("unregistered %s/%s after the grace period", *key)
+            if gone:
+                self._generation += 1
+                self._publish()
+        return [f"{ns}/{name}" for ns, name in gone]
+
+    def _sweep_loop(self) -> None:
+        while not self._stopping.wait(self._sweep_interval):
+            try:
+                self.sweep()
+            except Exception:  # never let the sweeper die silently
+                log.exception("registry sweep failed")
 
     def _send(self, sub: _Subscriber, type_url: str) -> None:
         """Queue the current snapshot of one type for one subscriber (lock held)."""
@@ -324,6 +524,7 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
                 self._subscribers.pop(sub.connection_id, None)
                 sub.disconnected_at = time.time()
                 self._recent.append(sub)
+                self._release(sub)
             log.info("subscriber %s (%s) disconnected", sub.connection_id,
                      sub.node.node_id if sub.node else "no node")
 
@@ -352,6 +553,8 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
                 return "the first request of a stream must carry the node"
             sub.node = message.node
             log.info("subscriber %s is %s", sub.connection_id, sub.node.node_id)
+            if sub.node.auto_register:
+                self._register(sub, sub.node)
         if isinstance(message, Subscribe):
             self._send(sub, message.type_url)
             return None
@@ -386,6 +589,12 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
         with self._lock:
             return [s.describe() for s in self._recent]
 
+    def registryz(self) -> list[dict[str, Any]]:
+        """The registered WorkloadEntries: node, address, labels, ports and state
+        (``connected``, or ``disconnected`` with ``disconnected_since``)."""
+        with self._lock:
+            return [g.describe() for g in self._registry.values()]
+
     def config_dump(self) -> dict[str, Any]:
         """The version served, its resources by kind (as documents), and the store error."""
         error = self.store.last_error
@@ -415,7 +624,8 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
 
 
 class DebugServer:
-    """``/debug/syncz``, ``/debug/disconnected``, ``/debug/config_dump``, ``/healthz``
+    """``/debug/syncz``, ``/debug/disconnected``, ``/debug/config_dump``,
+    ``/debug/registryz``, ``/healthz``
     and ``/readyz`` for one ConfigServer, on a stdlib HTTP server thread.
 
     Unauthenticated, so it binds 127.0.0.1 only by default; ``port=0`` picks a free port.
@@ -477,6 +687,8 @@ def _handler_for(server: ConfigServer) -> type[BaseHTTPRequestHandler]:
                 self._json(200, server.syncz())
             elif path == "/debug/disconnected":
                 self._json(200, server.recently_disconnected())
+            elif path == "/debug/registryz":
+                self._json(200, server.registryz())
             elif path == "/debug/config_dump":
                 self._json(200, server.config_dump())
             elif path == "/healthz":

@@ -379,8 +379,10 @@ class NodeIdentity:
     ``node.id`` is ``<type>~<ip>~<name>.<namespace>~<namespace>.svc.<domain>``;
     ``node.metadata`` carries NAME, NAMESPACE, LABELS (a map), SERVICE_ACCOUNT,
     INSTANCE_IPS (comma-separated), POD_PORTS (JSON list of ``{name,
-    containerPort, protocol}``, as Istio's injector writes it) and, when known,
-    ``node.locality`` holds region/zone/subzone.
+    containerPort, protocol}``, as Istio's injector writes it), AUTO_REGISTER
+    (``"true"`` when the server should register a WorkloadEntry for the node, as
+    istiod does for a WorkloadGroup's proxies) and, when known, ``node.locality``
+    holds region/zone/subzone.
     """
 
     ip: str
@@ -393,6 +395,7 @@ class NodeIdentity:
     locality: str = ""
     node_type: str = "sidecar"
     domain: str = "cluster.local"
+    auto_register: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
@@ -401,11 +404,13 @@ class NodeIdentity:
 
     @classmethod
     def from_workload(cls, workload: Workload, ip: str, *,
-                      ports: Mapping[str, int] | None = None) -> NodeIdentity:
-        """The identity of a meshsdk Workload reachable at ``ip``."""
+                      ports: Mapping[str, int] | None = None,
+                      auto_register: bool = False) -> NodeIdentity:
+        """The identity of a meshsdk Workload reachable at ``ip`` (its ``ports`` by name)."""
         return cls(ip=ip, name=workload.name, namespace=workload.namespace,
                    labels=workload.labels, service_account=workload.service_account,
-                   ports=ports or {}, locality=workload.locality)
+                   ports=ports or {}, locality=workload.locality,
+                   auto_register=auto_register)
 
     def workload(self) -> Workload:
         """The Workload this identity describes."""
@@ -429,6 +434,8 @@ def _node_message(node: NodeIdentity) -> Any:
         "POD_PORTS": json.dumps([{"name": n, "containerPort": p, "protocol": "TCP"}
                                  for n, p in node.ports.items()]),
     }
+    if node.auto_register:
+        meta["AUTO_REGISTER"] = "true"
     metadata = struct_pb2.Struct()
     metadata.update(meta)
     msg = base_pb2.Node(id=node.node_id, cluster=f"{node.workload().app}.{node.namespace}",
@@ -462,7 +469,8 @@ def _parse_node(pb: Any) -> NodeIdentity:
     return NodeIdentity(ip=ip, name=name, namespace=namespace, labels=labels,
                         service_account=_meta_text(meta, "SERVICE_ACCOUNT") or "default",
                         instance_ips=ips, ports=ports, locality=locality,
-                        node_type=node_type, domain=domain)
+                        node_type=node_type, domain=domain,
+                        auto_register=_meta_text(meta, "AUTO_REGISTER").lower() == "true")
 
 
 def _meta_text(meta: Mapping[str, Any], key: str) -> str:
