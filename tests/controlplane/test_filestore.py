@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,8 +14,7 @@ from meshsdk.config.resource import Config
 from meshsdk.controlplane.filestore import ConfigStore, Debouncer, content_hash
 from meshsdk.errors import ConfigError
 from meshsdk.testing.clock import FakeClock
-
-WAIT = 3.0
+from tests.controlplane.conftest import wait_for
 
 
 def vs(name: str, timeout: str = "5s", *, host: str | None = None) -> str:
@@ -32,14 +31,6 @@ spec:
     - destination: {{host: {host or name}}}
     timeout: {timeout}
 """
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 class Recorder:

@@ -33,8 +33,7 @@ from meshsdk.controlplane.wire import (
     subscribe_request,
     type_url_of,
 )
-
-WAIT = 3.0
+from tests.controlplane.conftest import WAIT, wait_for
 
 ROUTES = """\
 apiVersion: networking.istio.io/v1
@@ -70,14 +69,6 @@ DEFAULT_NODE = NodeIdentity(ip="127.0.0.1", name="productpage-v1", namespace="de
                             labels={"app": "productpage"})
 OTHER_NODE = NodeIdentity(ip="127.0.0.2", name="secret-v1", namespace="other",
                           labels={"app": "secret"})
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
 class Client:
