@@ -41,6 +41,13 @@ subscriptions, so no subscriber ever receives an older version after a newer one
 
 :class:`DebugServer` exposes ``/debug/syncz``, ``/debug/config_dump``,
 ``/debug/registryz``, ``/healthz`` and ``/readyz`` over plain HTTP on 127.0.0.1.
+``/metrics`` serves the server's Prometheus metrics (:attr:`ConfigServer.registry`, a
+private registry): ``meshsdk_xds_pushes_total`` and ``meshsdk_xds_push_errors_total``
+by ``type`` (the kind), ``meshsdk_xds_nacks_total`` by ``type``,
+``meshsdk_xds_connected_subscribers`` and ``meshsdk_xds_push_latency_seconds``, the
+time from a version being published to its ACK by a subscriber for every type it
+subscribed to, observed once per subscriber and version (istiod's
+``pilot_proxy_convergence_time``).
 ``python -m meshsdk.controlplane.server --config DIR`` runs both until SIGINT/SIGTERM.
 """
 
@@ -66,6 +73,14 @@ from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 from envoy.service.discovery.v3 import ads_pb2_grpc  # type: ignore[import-untyped]
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from meshsdk.config.loader import LoadResult, config_from_result, load_string
 from meshsdk.config.resource import Config, Resource
@@ -98,6 +113,11 @@ REGISTRY_GRACE = 10.0
 """Seconds a registered WorkloadEntry outlives its stream (PILOT_WORKLOAD_ENTRY_GRACE_PERIOD)."""
 SWEEP_INTERVAL = 0.25
 """Seconds between two sweeps of expired registrations."""
+PUSH_LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 3.0, 5.0, 10.0, 20.0, 30.0)
+"""Buckets of ``meshsdk_xds_push_latency_seconds`` (istiod's convergence buckets, finer
+below 0.1 s)."""
+PUBLISHED_KEPT = 16
+"""How many recent versions keep their publication time (for late ACKs)."""
 
 
 def _iso(t: float) -> str:
@@ -168,6 +188,7 @@ class _Subscriber:
     acked_version: str = ""
     last_nack: _NackRecord | None = None
     disconnected_at: float | None = None
+    observed_version: str = ""   # the last version whose push latency was observed
 
     def describe(self) -> dict[str, Any]:
         """The syncz entry (JSON-compatible)."""
@@ -268,7 +289,8 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
 
         ``grace`` is how long a registered WorkloadEntry outlives its stream; a sweeper
         thread checks every ``sweep_interval`` s (0 or less: no thread, call
-        :meth:`sweep`). ``clock`` (wall seconds) stamps registrations, for tests."""
+        :meth:`sweep`). ``clock`` (wall seconds) stamps registrations and times the
+        push latency metric, for tests."""
         self.store = store
         self._services = tuple(services)
         self.host = host
@@ -294,6 +316,22 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
         self._grpc: Any = None
         self._serving = threading.Event()
         self._unsubscribe: Any = None
+        self._published_at: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self.registry = CollectorRegistry(auto_describe=True)
+        """This server's Prometheus metrics (served by DebugServer at ``/metrics``)."""
+        self._pushes = Counter("meshsdk_xds_pushes", "Responses queued to subscribers, "
+                               "by kind.", ["type"], registry=self.registry)
+        self._push_errors = Counter("meshsdk_xds_push_errors", "Responses that could not "
+                                    "be encoded, by kind.", ["type"], registry=self.registry)
+        self._nacks = Counter("meshsdk_xds_nacks", "NACKs of the latest push, by kind.",
+                              ["type"], registry=self.registry)
+        self._connected = Gauge("meshsdk_xds_connected_subscribers",
+                                "Open ADS streams.", registry=self.registry)
+        self._push_latency = Histogram(
+            "meshsdk_xds_push_latency_seconds",
+            "Time from a version being published to its ACK by a subscriber for every "
+            "subscribed type (istiod: pilot_proxy_convergence_time).",
+            buckets=PUSH_LATENCY_BUCKETS, registry=self.registry)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -395,6 +433,9 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
         if version == self._version:
             return
         self._config, self._version = config, version
+        self._published_at[version] = self._clock()
+        while len(self._published_at) > PUBLISHED_KEPT:
+            self._published_at.popitem(last=False)
         for sub in self._subscribers.values():
             for type_url in sorted(sub.types):
                 self._send(sub, type_url)
@@ -495,9 +536,11 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
             response = discovery_response(type_url, self._version, nonce, resources)
         except WireError as exc:  # a validated config should always encode
             log.exception("cannot encode %s for %s", type_url, sub.connection_id)
+            self._push_errors.labels(type=kind).inc()
             sub.outbox.put(_Abort(grpc.StatusCode.INTERNAL, str(exc)))
             return
         sub.outbox.put(response)
+        self._pushes.labels(type=kind).inc()
 
     # --- the stream ------------------------------------------------------------------
 
@@ -509,6 +552,7 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
             self._counter += 1
             sub = _Subscriber(f"conn-{self._counter}", str(context.peer()), time.time())
             self._subscribers[sub.connection_id] = sub
+            self._connected.inc()
         context.add_callback(lambda: sub.outbox.put(None))
         reader = threading.Thread(target=self._read, args=(sub, request_iterator),
                                   name=f"ads-read:{sub.connection_id}", daemon=True)
@@ -521,7 +565,8 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
                 yield item
         finally:
             with self._lock:
-                self._subscribers.pop(sub.connection_id, None)
+                if self._subscribers.pop(sub.connection_id, None) is not None:
+                    self._connected.dec()
                 sub.disconnected_at = time.time()
                 self._recent.append(sub)
                 self._release(sub)
@@ -565,6 +610,7 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
         if isinstance(message, Nack):
             sub.last_nack = _NackRecord(message.type_url, state.sent_version, message.nonce,
                                         message.message, time.time())
+            self._nacks.labels(type=kind_of(message.type_url)).inc()
             log.warning("%s rejected %s %s: %s", sub.connection_id, message.type_url,
                         state.sent_version, message.message)
             return None
@@ -572,7 +618,17 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
         versions = {s.acked_version for s in sub.types.values()}
         if len(versions) == 1 and "" not in versions:
             sub.acked_version = versions.pop()
+            self._observe_latency(sub)
         return None
+
+    def _observe_latency(self, sub: _Subscriber) -> None:
+        """Observe the push latency of ``sub``'s ACKed version, once (lock held)."""
+        version = sub.acked_version
+        published = self._published_at.get(version)
+        if version == sub.observed_version or published is None:
+            return
+        sub.observed_version = version
+        self._push_latency.observe(max(0.0, self._clock() - published))
 
     # --- introspection ---------------------------------------------------------------
 
@@ -625,7 +681,7 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
 
 class DebugServer:
     """``/debug/syncz``, ``/debug/disconnected``, ``/debug/config_dump``,
-    ``/debug/registryz``, ``/healthz``
+    ``/debug/registryz``, ``/metrics``, ``/healthz``
     and ``/readyz`` for one ConfigServer, on a stdlib HTTP server thread.
 
     Unauthenticated, so it binds 127.0.0.1 only by default; ``port=0`` picks a free port.
@@ -691,6 +747,8 @@ def _handler_for(server: ConfigServer) -> type[BaseHTTPRequestHandler]:
                 self._json(200, server.registryz())
             elif path == "/debug/config_dump":
                 self._json(200, server.config_dump())
+            elif path == "/metrics":
+                self._send(200, generate_latest(server.registry), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
                 self._text(200, "ok\n")
             elif path == "/readyz":

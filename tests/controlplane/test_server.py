@@ -326,3 +326,52 @@ def test_meshctl_serve_refuses_an_invalid_directory(tmp_path: Path,
     assert meshctl(["serve", "--config", str(tmp_path), "--port", "0",
                     "--debug-port", "0"]) == 1
     assert "bad.yaml" in capsys.readouterr().err
+
+
+def _metrics(port: int) -> dict[str, Any]:
+    """``/metrics`` parsed as Prometheus text: {family name: family}."""
+    from prometheus_client.parser import text_string_to_metric_families
+    status, ctype, body = _get(port, "/metrics")
+    assert status == 200 and ctype.startswith("text/plain")
+    return {f.name: f for f in text_string_to_metric_families(body)}
+
+
+def _value(families: dict[str, Any], family: str, sample: str,
+           **labels: str) -> float:
+    return sum(float(s.value) for s in families[family].samples
+               if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_metrics_pushes_subscribers_latency_and_nacks(store: ConfigStore) -> None:
+    now = [1000.0]
+    with ConfigServer(store, port=0, clock=lambda: now[0]) as server, \
+            DebugServer(server, port=0) as debug:
+        client = Client(server.port)
+        try:
+            pushes = client.subscribe_all(DEFAULT_NODE)
+            now[0] += 0.25
+            client.ack_all(pushes)
+            wait_for(lambda: syncz_one(server)["acked_version"] == store.version, "the ACK")
+            m = _metrics(debug.port)
+            for kind in TYPE_URLS:
+                assert _value(m, "meshsdk_xds_pushes", "meshsdk_xds_pushes_total",
+                              type=kind) == 1, kind
+            assert _value(m, "meshsdk_xds_connected_subscribers",
+                          "meshsdk_xds_connected_subscribers") == 1
+            latency = "meshsdk_xds_push_latency_seconds"
+            assert _value(m, latency, latency + "_count") == 1
+            assert _value(m, latency, latency + "_sum") == pytest.approx(0.25)
+            assert _value(m, "meshsdk_xds_nacks", "meshsdk_xds_nacks_total") == 0
+
+            dr = pushes[type_url_of("DestinationRule")]
+            client.send(nack_request(dr.type_url, dr.version_info, dr.nonce, "nope"))
+            wait_for(lambda: syncz_one(server)["last_nack"] is not None, "the NACK")
+            m = _metrics(debug.port)
+            assert _value(m, "meshsdk_xds_nacks", "meshsdk_xds_nacks_total",
+                          type="DestinationRule") == 1
+            assert _value(m, latency, latency + "_count") == 1   # once per version
+        finally:
+            client.close()
+        wait_for(lambda: server.syncz() == [], "the subscriber to go away")
+        assert _value(_metrics(debug.port), "meshsdk_xds_connected_subscribers",
+                      "meshsdk_xds_connected_subscribers") == 0
