@@ -39,6 +39,31 @@ def format_flags(flags: tuple[Flag, ...] | list[Flag]) -> str:
     return ",".join(f.value for f in flags) if flags else "-"
 
 
+_DETAILS = {
+    Flag.FAULT_INJECTED: "fault_filter_abort",
+    Flag.NO_HEALTHY_UPSTREAM: "no_healthy_upstream",
+    Flag.NO_ROUTE: "route_not_found",
+    Flag.NO_CLUSTER: "cluster_not_found",
+    Flag.UPSTREAM_REQUEST_TIMEOUT: "response_timeout",
+    Flag.UPSTREAM_OVERFLOW: "upstream_reset_before_response_started{overflow}",
+    Flag.UPSTREAM_CONNECTION_FAILURE:
+        "upstream_reset_before_response_started{connection_failure}",
+    Flag.UPSTREAM_REMOTE_RESET: "upstream_reset_before_response_started{remote_reset}",
+}
+
+
+def response_code_details(flags: tuple[Flag, ...], *, local: bool) -> str:
+    """Envoy's ``%RESPONSE_CODE_DETAILS%``: ``via_upstream`` for an upstream's answer,
+    else why the mesh answered itself (the last flag that explains it)."""
+    if not local:
+        return "via_upstream"
+    for flag in reversed(flags):
+        details = _DETAILS.get(flag)
+        if details is not None:
+            return details
+    return "direct_response"
+
+
 @dataclass(frozen=True, slots=True)
 class LocalReply:
     """An answer the mesh gives itself, shaped like Envoy's (status, short text body)."""

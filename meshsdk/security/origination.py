@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from meshsdk.config.snapshot import Endpoint, Service
+from meshsdk.security.spiffe import SpiffeId
 
 TLS_MODE_LABEL = "security.istio.io/tlsMode"
 """Endpoint label that marks a workload able to terminate mesh mTLS."""
@@ -57,10 +58,6 @@ class TlsOrigination:
                 self.insecure_skip_verify)
 
 
-def spiffe_of(trust_domain: str, namespace: str, service_account: str) -> str:
-    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
-
-
 def service_identities(service: Service | None, trust_domain: str) -> frozenset[str]:
     """The SPIFFE IDs a service's workloads may present: the ServiceEntry's
     ``subjectAltNames`` and its workloads' service accounts, each in the namespace of
@@ -72,7 +69,7 @@ def service_identities(service: Service | None, trust_domain: str) -> frozenset[
         if workload.service_account:
             _kind, _, ref = workload.source.partition(" ")
             namespace = ref.partition("/")[0] or service.namespace
-            ids.add(spiffe_of(trust_domain, namespace, workload.service_account))
+            ids.add(SpiffeId(trust_domain, namespace, workload.service_account).uri)
     return frozenset(ids)
 
 
@@ -115,4 +112,4 @@ def _istio_mutual(tls: Any, fqdn: str, subset: str | None, port: int | None,
 
 
 __all__ = ["TLS_MODE_LABEL", "TlsOrigination", "istio_sni", "plan_origination",
-           "service_identities", "spiffe_of"]
+           "service_identities"]

@@ -34,8 +34,9 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from meshsdk.config.hosts import kube_service_parts, split_host_port
 from meshsdk.config.mesh import MeshConfig
 from meshsdk.config.resource import Config
-from meshsdk.outcome import format_flags
+from meshsdk.outcome import format_flags, response_code_details
 from meshsdk.routing.router import BLACKHOLE_ROUTE
+from meshsdk.security.spiffe import SpiffeId
 from meshsdk.telemetry.accesslog import (
     DEFAULT_JSON_LABELS,
     DEFAULT_TEXT_FORMAT,
@@ -415,7 +416,7 @@ class Telemetry:
             logger.log(record)
 
     def _spiffe(self, namespace: str, service_account: str) -> str:
-        return f"spiffe://{self._trust_domain}/ns/{namespace}/sa/{service_account}"
+        return SpiffeId(self._trust_domain, namespace, service_account).uri
 
     def _destination(self, endpoint: Endpoint | None, mtls: bool = False) -> Peer:
         """The peer behind ``endpoint``; over mesh mTLS, with the principal it proved
@@ -478,26 +479,11 @@ def _span_name(authority: str, scheme: str) -> str:
     return f"{host}:{port or (443 if scheme == 'https' else 80)}/*"
 
 
-_DETAILS = {
-    "FI": "fault_filter_abort", "UH": "no_healthy_upstream", "NR": "route_not_found",
-    "NC": "cluster_not_found", "UT": "response_timeout",
-    "UO": "upstream_reset_before_response_started{overflow}",
-    "UF": "upstream_reset_before_response_started{connection_failure}",
-    "UR": "upstream_reset_before_response_started{remote_reset}",
-}
-
-
 def _details(result: CallResult | None) -> str | None:
-    """Envoy's ``%RESPONSE_CODE_DETAILS%``: who produced the response, and why."""
+    """Envoy's ``%RESPONSE_CODE_DETAILS%`` for a call's result."""
     if result is None:
         return None
-    if result.local_reply is None:
-        return "via_upstream"
-    for flag in reversed(result.flags):
-        details = _DETAILS.get(flag.value)
-        if details is not None:
-            return details
-    return "direct_response"
+    return response_code_details(result.flags, local=result.local_reply is not None)
 
 
 def _with_port(authority: str, scheme: str) -> str:

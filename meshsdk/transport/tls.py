@@ -27,6 +27,7 @@ import httpcore
 from cryptography import x509
 
 from meshsdk.security.origination import TlsOrigination
+from meshsdk.security.spiffe import spiffe_ids_of
 
 _KEEP_GENERATIONS = 3
 """Pools of older mesh certificates kept open (their connections may be in use)."""
@@ -45,12 +46,14 @@ class TlsError(Exception):
 # --- verifying the peer -----------------------------------------------------------------
 
 
-def _peer_names(ssl_object: Any) -> tuple[list[str], list[str], list[str]]:
-    """(DNS names, URIs, IP addresses) of the peer certificate's SAN extension."""
+def _peer_certificate(ssl_object: Any) -> x509.Certificate | None:
+    """The peer's certificate (the one the handshake verified), or None."""
     der = ssl_object.getpeercert(True) if ssl_object is not None else None
-    if not der:
-        return [], [], []
-    cert = x509.load_der_x509_certificate(der)
+    return x509.load_der_x509_certificate(der) if der else None
+
+
+def _peer_names(cert: x509.Certificate) -> tuple[list[str], list[str], list[str]]:
+    """(DNS names, URIs, IP addresses) of the certificate's SAN extension."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -75,15 +78,16 @@ def check_peer(ssl_object: Any, plan: TlsOrigination) -> str | None:
     """Why the peer of ``ssl_object`` is not the server ``plan`` expects, or None."""
     if plan.insecure_skip_verify:
         return None
-    dns, uris, ips = _peer_names(ssl_object)
+    cert = _peer_certificate(ssl_object)
     if plan.mode == "ISTIO_MUTUAL":
-        spiffe = [u for u in uris if u.startswith("spiffe://")]
+        spiffe = spiffe_ids_of(cert) if cert is not None else []
         if not spiffe:
             return "peer certificate has no SPIFFE identity"
         if plan.subject_alt_names and not set(spiffe) & plan.subject_alt_names:
             return (f"peer identity {', '.join(spiffe)} is not one the service runs as "
                     f"({', '.join(sorted(plan.subject_alt_names))})")
         return None
+    dns, uris, ips = _peer_names(cert) if cert is not None else ([], [], [])
     wanted = plan.subject_alt_names or frozenset({plan.sni} if plan.sni else ())
     for name in wanted:
         if name in uris or any(_dns_match(d, name) for d in dns) or _ip_equal(name, ips):
