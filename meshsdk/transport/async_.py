@@ -12,7 +12,6 @@ from meshsdk.outcome import Failure, Outcome
 from meshsdk.transport.common import (
     CORE_SEND_ERRORS,
     SEND_ERRORS,
-    AsyncCoreReleasingStream,
     AsyncReleasingStream,
     caller_response,
     classify_core_exception,
@@ -114,7 +113,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
     def _response(self, result: CallResult, request: httpx.Request,
                   call: OutboundCall | None) -> httpx.Response:
         return caller_response(result, request, self._mesh._observe, AsyncReleasingStream,
-                               AsyncCoreReleasingStream, call)
+                               call)
 
     async def aclose(self) -> None:
         await self._inner.aclose()

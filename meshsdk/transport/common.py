@@ -7,6 +7,7 @@ outcomes, and turning a :class:`~meshsdk.dataplane.flow.CallResult` into the
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -299,14 +300,12 @@ def response_head(result: CallResult, upstream: httpx.Response, info: CallInfo |
 def caller_response(result: CallResult, request: httpx.Request,
                     observe: Callable[[httpx.Request, CallResult, CallInfo], None],
                     stream_class: type[ReleasingStream] | type[AsyncReleasingStream],
-                    core_stream_class: type[CoreReleasingStream]
-                    | type[AsyncCoreReleasingStream] | None = None,
                     call: OutboundCall | None = None) -> httpx.Response:
     """The response the caller sees for the flow's verdict: the local reply, or the
     upstream's status and head (:func:`response_head`) with its body passed through
     ``stream_class`` (:class:`ReleasingStream` or :class:`AsyncReleasingStream`), which
     gives back the call's slot when closed. An upstream answer read straight from
-    httpcore (the direct path) goes through ``core_stream_class`` instead. Observers
+    httpcore (the direct path) goes through the same class. Observers
     see the call first; telemetry (``call``) is finished when the body is closed."""
     info = call_info(result)
     observe(request, result, info)
@@ -319,14 +318,13 @@ def caller_response(result: CallResult, request: httpx.Request,
         return response
     upstream = result.response
     if isinstance(upstream, httpcore.Response):
-        assert core_stream_class is not None
         extensions = dict(upstream.extensions)
         extensions[EXTENSION] = info
         headers = _head(result, upstream.headers, None)
         if call is not None:
             call.responded(result, headers, _http_version(extensions))
         return httpx.Response(upstream.status, headers=headers,
-                              stream=core_stream_class(upstream, result.release, call),
+                              stream=stream_class(upstream, result.release, call),
                               request=request, extensions=extensions)
     headers, extensions = response_head(result, upstream, info)
     if call is not None:
@@ -362,70 +360,14 @@ class _Releasing:
 class ReleasingStream(_Releasing, httpx.SyncByteStream):
     """The upstream body, passed through unbuffered; closing it frees the call's slot.
 
-    It reads the upstream response's byte stream itself rather than through
-    ``inner.iter_raw()``: that response is the mesh's own, and the caller's response
-    already does the bookkeeping (chunking, request context, closed flags) once.
+    ``inner`` is the mesh's own upstream response: an ``httpx.Response`` from an inner
+    transport, whose byte stream is read directly (the caller's response already does
+    httpx's bookkeeping once), or an ``httpcore.Response`` from the direct path, whose
+    errors while reading become httpx's, as ``httpx.HTTPTransport``'s stream does.
     """
 
-    def __init__(self, inner: httpx.Response, release: Callable[[], None],
-                 call: OutboundCall | None = None) -> None:
-        super().__init__(release, call)
-        self._inner = inner
-
-    def __iter__(self) -> Iterator[bytes]:
-        stream = self._inner.stream
-        if not isinstance(stream, httpx.SyncByteStream):
-            raise RuntimeError("Attempted to call a sync iterator on an async stream.")
-        for chunk in stream:
-            self.bytes_read += len(chunk)
-            yield chunk
-
-    def close(self) -> None:
-        try:
-            if not self._closed:
-                self._closed = True
-                stream = self._inner.stream
-                if not isinstance(stream, httpx.SyncByteStream):
-                    raise RuntimeError("Attempted to call an sync close on an async stream.")
-                stream.close()
-        finally:
-            self._done()
-
-
-class AsyncReleasingStream(_Releasing, httpx.AsyncByteStream):
-    """Async twin of :class:`ReleasingStream`."""
-
-    def __init__(self, inner: httpx.Response, release: Callable[[], None],
-                 call: OutboundCall | None = None) -> None:
-        super().__init__(release, call)
-        self._inner = inner
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        stream = self._inner.stream
-        if not isinstance(stream, httpx.AsyncByteStream):
-            raise RuntimeError("Attempted to call an async iterator on an sync stream.")
-        async for chunk in stream:
-            self.bytes_read += len(chunk)
-            yield chunk
-
-    async def aclose(self) -> None:
-        try:
-            if not self._closed:
-                self._closed = True
-                stream = self._inner.stream
-                if not isinstance(stream, httpx.AsyncByteStream):
-                    raise RuntimeError("Attempted to call an async close on an sync stream.")
-                await stream.aclose()
-        finally:
-            self._done()
-
-
-class CoreReleasingStream(_Releasing, httpx.SyncByteStream):
-    """:class:`ReleasingStream` over an httpcore response (the direct path): httpcore's
-    errors while reading become httpx's, as ``httpx.HTTPTransport``'s stream does."""
-
-    def __init__(self, inner: httpcore.Response, release: Callable[[], None],
-                 call: OutboundCall | None = None) -> None:
+    def __init__(self, inner: httpx.Response | httpcore.Response,
+                 release: Callable[[], None], call: OutboundCall | None = None) -> None:
         super().__init__(release, call)
         self._inner = inner
 
@@ -433,7 +375,7 @@ class CoreReleasingStream(_Releasing, httpx.SyncByteStream):
         stream = self._inner.stream
         if not isinstance(stream, Iterable):
             raise RuntimeError("Attempted to call a sync iterator on an async stream.")
-        with map_httpcore_exceptions():
+        with _mapped(self._inner):
             for chunk in stream:
                 self.bytes_read += len(chunk)
                 yield chunk
@@ -442,16 +384,22 @@ class CoreReleasingStream(_Releasing, httpx.SyncByteStream):
         try:
             if not self._closed:
                 self._closed = True
-                self._inner.close()
+                inner = self._inner
+                if isinstance(inner, httpcore.Response):
+                    inner.close()
+                elif isinstance(inner.stream, httpx.SyncByteStream):
+                    inner.stream.close()
+                else:
+                    raise RuntimeError("Attempted to call an sync close on an async stream.")
         finally:
             self._done()
 
 
-class AsyncCoreReleasingStream(_Releasing, httpx.AsyncByteStream):
-    """Async twin of :class:`CoreReleasingStream`."""
+class AsyncReleasingStream(_Releasing, httpx.AsyncByteStream):
+    """Async twin of :class:`ReleasingStream`."""
 
-    def __init__(self, inner: httpcore.Response, release: Callable[[], None],
-                 call: OutboundCall | None = None) -> None:
+    def __init__(self, inner: httpx.Response | httpcore.Response,
+                 release: Callable[[], None], call: OutboundCall | None = None) -> None:
         super().__init__(release, call)
         self._inner = inner
 
@@ -459,7 +407,7 @@ class AsyncCoreReleasingStream(_Releasing, httpx.AsyncByteStream):
         stream = self._inner.stream
         if not isinstance(stream, AsyncIterable):
             raise RuntimeError("Attempted to call an async iterator on an sync stream.")
-        with map_httpcore_exceptions():
+        with _mapped(self._inner):
             async for chunk in stream:
                 self.bytes_read += len(chunk)
                 yield chunk
@@ -468,6 +416,20 @@ class AsyncCoreReleasingStream(_Releasing, httpx.AsyncByteStream):
         try:
             if not self._closed:
                 self._closed = True
-                await self._inner.aclose()
+                inner = self._inner
+                if isinstance(inner, httpcore.Response):
+                    await inner.aclose()
+                elif isinstance(inner.stream, httpx.AsyncByteStream):
+                    await inner.stream.aclose()
+                else:
+                    raise RuntimeError("Attempted to call an async close on an sync stream.")
         finally:
             self._done()
+
+
+def _mapped(inner: httpx.Response | httpcore.Response) -> AbstractContextManager[None]:
+    """httpx's mapping of httpcore's errors for a body read straight from httpcore;
+    nothing for an httpx response (its errors are httpx's already)."""
+    if isinstance(inner, httpcore.Response):
+        return map_httpcore_exceptions()
+    return nullcontext()

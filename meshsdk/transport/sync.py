@@ -12,7 +12,6 @@ from meshsdk.outcome import Failure, Outcome
 from meshsdk.transport.common import (
     CORE_SEND_ERRORS,
     SEND_ERRORS,
-    CoreReleasingStream,
     ReleasingStream,
     caller_response,
     classify_core_exception,
@@ -115,8 +114,7 @@ class MeshTransport(httpx.BaseTransport):
 
     def _response(self, result: CallResult, request: httpx.Request,
                   call: OutboundCall | None) -> httpx.Response:
-        return caller_response(result, request, self._mesh._observe, ReleasingStream,
-                               CoreReleasingStream, call)
+        return caller_response(result, request, self._mesh._observe, ReleasingStream, call)
 
     def close(self) -> None:
         self._inner.close()
