@@ -6,15 +6,17 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# every framework integration is its own distribution; installed editable with its test extra
+INTEGRATIONS := $(patsubst %/pyproject.toml,%,$(wildcard integrations/*/pyproject.toml))
 
 .PHONY: dev demo test lint typecheck pytest bench clean
 
 dev: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(addsuffix /pyproject.toml,$(INTEGRATIONS))
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev]' $(foreach i,$(INTEGRATIONS),-e '$(i)[test]')
 	touch $(STAMP)
 
 demo: dev
@@ -22,10 +24,11 @@ demo: dev
 	$(PY) -m meshsdk.demo
 
 lint: dev
-	$(VENV)/bin/ruff check meshsdk tests bench
+	$(VENV)/bin/ruff check meshsdk tests bench integrations
 
 typecheck: dev
 	$(VENV)/bin/mypy
+	$(if $(INTEGRATIONS),$(VENV)/bin/mypy $(foreach i,$(INTEGRATIONS),$(i)/meshsdk_$(notdir $(i))))
 
 pytest: dev
 	$(VENV)/bin/pytest -q
