@@ -1,11 +1,13 @@
 """The config service client: one ADS stream that keeps a :class:`~meshsdk.Mesh` current.
 
 The client subscribes to every kind in :data:`~meshsdk.controlplane.wire.TYPE_URLS`
-on one ``StreamAggregatedResources`` stream. A version is applied only once a
-response of that version is held for every type, so the mesh never runs half a
-snapshot: all responses are re-validated, built into one Config and swapped in
-with ``mesh.update`` (then each type is ACKed); any failure NACKs every type of
-that version and the last good config stays.
+on one ``StreamAggregatedResources`` stream. It keeps the latest response of each
+type and applies them only when it holds one for every type and all share the config
+part of their versions (:func:`~meshsdk.controlplane.wire.base_version`), so the mesh
+never runs half a snapshot, yet an endpoint-only push (WorkloadEntries alone) applies
+at once. All responses are re-validated, built into one Config and swapped in with
+``mesh.update`` (then the new responses are ACKed); any failure NACKs them and the
+last good config stays.
 
 The stream runs in a background thread and reconnects with exponential backoff
 and jitter (:func:`next_backoff`). Each applied version is also written to an
@@ -37,6 +39,7 @@ from meshsdk.controlplane.wire import (
     ProtoMessage,
     Push,
     ack_request,
+    base_version,
     config_for,
     decode_response,
     nack_request,
@@ -225,7 +228,8 @@ class ConfigClient:
 
         for url in TYPE_URLS.values():
             outbox.put(subscribe_request(url, node=self._node, version_info=self._version or ""))
-        pending: dict[str, Any] = {}
+        held: dict[str, Any] = {}    # the latest response of each type
+        fresh: dict[str, Any] = {}   # responses not yet ACKed or NACKed
         answered = False
         channel = grpc.insecure_channel(self._address)
         try:
@@ -238,12 +242,14 @@ class ConfigClient:
                     answered = True
                     with self._lock:
                         self._connected = True
-                pending[response.type_url] = response
-                versions = {r.version_info for r in pending.values()}
-                if len(pending) == len(TYPE_URLS) and len(versions) == 1:
-                    for request in self._apply(list(pending.values())):
+                held[response.type_url] = response
+                fresh[response.type_url] = response
+                bases = {base_version(r.version_info) for r in held.values()}
+                if len(held) == len(TYPE_URLS) and len(bases) == 1:
+                    for request in self._apply(list(held.values()), fresh,
+                                               response.version_info):
                         outbox.put(request)
-                    pending.clear()
+                    fresh.clear()
         except grpc.RpcError as exc:
             if not self._stop.is_set():
                 self._set_error(f"config service {self._address}: {_rpc_text(exc)}")
@@ -253,9 +259,12 @@ class ConfigClient:
             channel.close()
         return answered
 
-    def _apply(self, responses: list[Any]) -> list[ProtoMessage]:
-        """Validate and apply one complete version: the ACKs, or NACKs for every type."""
-        version: str = responses[0].version_info
+    def _apply(self, responses: list[Any], fresh: Mapping[str, Any],
+               version: str) -> list[ProtoMessage]:
+        """Validate and apply one response per type; ACK or NACK the ``fresh`` ones.
+
+        ``version`` is that of the response received last (the newest: an incremental
+        push only advances the registry part)."""
         try:
             pushes: list[Push] = [decode_response(r) for r in responses]
             config = config_for(r for p in pushes for r in p.resources)
@@ -264,7 +273,8 @@ class ConfigClient:
             message = f"version {version} rejected: {exc}"
             self._set_error(message)
             previous = self._version or ""
-            return [nack_request(r.type_url, previous, r.nonce, str(exc)) for r in responses]
+            return [nack_request(r.type_url, previous, r.nonce, str(exc))
+                    for r in fresh.values()]
         with self._lock:
             self._version, self._source = version, "server"
             self._last_change = self._clock()
@@ -273,7 +283,7 @@ class ConfigClient:
             write_cache(self._cache_dir, version, config)
         except OSError as exc:
             self._set_error(f"config cache {self._cache_dir}: {exc}")
-        return [ack_request(p.type_url, p.version_info, p.nonce) for p in pushes]
+        return [ack_request(r.type_url, r.version_info, r.nonce) for r in fresh.values()]
 
     def _load_cache(self) -> None:
         """Apply the on-disk last-good config, if any (only before any server version)."""

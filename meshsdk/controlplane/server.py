@@ -27,17 +27,22 @@ a WorkloadEntry ``auto-<workload>-<ip>`` in its namespace, built from its node
 (address, labels, service account, named ports). Registered entries are merged with
 the store's config and validated together by the loader; a registration that does
 not validate is refused (logged) and the stream goes on. Each change of the
-registry's entries makes a new version ``<store version>+r<generation>``, pushed to
-every subscriber. When the registering stream ends, the entry stays for ``grace``
-seconds (istiod's ``PILOT_WORKLOAD_ENTRY_GRACE_PERIOD``, 10 s) and is then removed by
+registry's entries makes a new version ``<store version>+r<hash of the entries>``; only the
+WorkloadEntry type is pushed again (an incremental push: the other types are
+unchanged, and the client combines responses whose config part agrees, see
+:func:`~meshsdk.controlplane.wire.base_version`). When the registering stream ends,
+the entry stays for ``grace`` seconds (istiod's ``PILOT_WORKLOAD_ENTRY_GRACE_PERIOD``,
+10 s) and is then removed by
 a sweeper thread (or :meth:`ConfigServer.sweep`); a reconnect in time keeps it. Not
 done: WorkloadGroup templates and readiness probes (health status of entries).
 
-Threading: gRPC runs each stream's response generator on a pool thread (the pool is
-sized ``max_streams``, 64 by default, and gRPC refuses further streams with
-RESOURCE_EXHAUSTED); a daemon thread per stream reads its requests. Pushes from the
-store's subscription callback go into each subscriber's queue, under the same lock as
-subscriptions, so no subscriber ever receives an older version after a newer one.
+Threading: the gRPC server is ``grpc.aio`` on an event loop of its own thread
+(:class:`~meshsdk.controlplane.loop.LoopThread`), so a stream costs a task and a queue,
+not a thread: a thousand subscribers fit on two cores. Pushes are decided under one
+lock from whichever thread saw the change (the store's watcher, the sweeper, a
+stream's reader) and handed to the loop in order (``call_soon_threadsafe``), so no
+subscriber ever receives an older version after a newer one. Each (type, namespace)
+is encoded once per version; subscribers get a copy with their own nonce.
 
 :class:`DebugServer` exposes ``/debug/syncz``, ``/debug/config_dump``,
 ``/debug/registryz``, ``/healthz`` and ``/readyz`` over plain HTTP on 127.0.0.1.
@@ -54,17 +59,18 @@ subscribed to, observed once per subscriber and version (istiod's
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import datetime
+import hashlib
 import json
 import logging
-import queue
 import signal
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -86,6 +92,7 @@ from meshsdk.config.loader import LoadResult, config_from_result, load_string
 from meshsdk.config.resource import Config, Resource
 from meshsdk.config.snapshot import visible
 from meshsdk.controlplane.filestore import ConfigStore
+from meshsdk.controlplane.loop import LoopThread
 from meshsdk.controlplane.wire import (
     Ack,
     Nack,
@@ -97,6 +104,8 @@ from meshsdk.controlplane.wire import (
     kind_of,
     parse_request,
     resource_document,
+    type_url_of,
+    with_nonce,
 )
 from meshsdk.errors import ConfigError
 
@@ -107,7 +116,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 15010
 DEFAULT_DEBUG_PORT = 15014
-MAX_STREAMS = 64
+MAX_STREAMS = 10_000
 RECENT_DISCONNECTS = 32
 REGISTRY_GRACE = 10.0
 """Seconds a registered WorkloadEntry outlives its stream (PILOT_WORKLOAD_ENTRY_GRACE_PERIOD)."""
@@ -182,9 +191,10 @@ class _Subscriber:
     connection_id: str
     peer: str
     connected_since: float
-    outbox: queue.Queue[_QueueItem] = field(default_factory=queue.Queue)
+    outbox: asyncio.Queue[_QueueItem] = field(default_factory=asyncio.Queue)
     node: NodeIdentity | None = None
     types: dict[str, _TypeState] = field(default_factory=dict)
+    sent_version: str = ""       # the version of the latest response queued
     acked_version: str = ""
     last_nack: _NackRecord | None = None
     disconnected_at: float | None = None
@@ -306,7 +316,8 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
         self._store_config: Config | None = None
         self._store_version = ""
         self._registry: dict[tuple[str, str], _Registration] = {}
-        self._generation = 0
+        self._served_store_version = ""   # the store version of the last full push
+        self._encoded: dict[tuple[str, str], ProtoMessage] = {}   # (type, namespace)
         self.grace = grace
         self._sweep_interval = sweep_interval
         self._clock = clock
@@ -314,6 +325,7 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
         self._stopping = threading.Event()
         self._counter = 0
         self._grpc: Any = None
+        self._loop: LoopThread | None = None
         self._serving = threading.Event()
         self._unsubscribe: Any = None
         self._published_at: collections.OrderedDict[str, float] = collections.OrderedDict()
@@ -339,20 +351,15 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
         """Subscribe to the store and start serving; ``port=0`` picks a free port."""
         if self._grpc is not None:
             raise RuntimeError("ConfigServer.start() called twice")
+        self._loop = LoopThread("ads")
         self._unsubscribe = self.store.subscribe(self._on_version, replay=True)
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.max_streams,
-                                                        thread_name_prefix="ads"),
-                             maximum_concurrent_rpcs=self.max_streams)
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, server)
-        for add in self._services:
-            add(server)
         try:
-            self._port = int(server.add_insecure_port(f"{self.host}:{self._requested_port}"))
-        except RuntimeError as exc:
+            self._grpc = self._loop.run(self._start_grpc(), timeout=10.0)
+        except BaseException:
             self._unsubscribe()
-            raise OSError(f"cannot listen on {self.host}:{self._requested_port}: {exc}") from exc
-        server.start()
-        self._grpc = server
+            self._loop.stop()
+            self._loop = None
+            raise
         self._serving.set()
         if self._sweep_interval > 0:
             self._stopping.clear()
@@ -360,6 +367,25 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
                                              daemon=True)
             self._sweeper.start()
         return self
+
+    async def _start_grpc(self) -> Any:
+        """Build and start the grpc.aio server on the loop thread.
+
+        Sync handlers (the CA service's) run on a small thread pool so they never
+        block the loop that serves the streams."""
+        server = grpc.aio.server(
+            migration_thread_pool=futures.ThreadPoolExecutor(max_workers=4,
+                                                             thread_name_prefix="ads-sync"),
+            maximum_concurrent_rpcs=self.max_streams)
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, server)
+        for add in self._services:
+            add(server)
+        try:
+            self._port = int(server.add_insecure_port(f"{self.host}:{self._requested_port}"))
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {self.host}:{self._requested_port}: {exc}") from exc
+        await server.start()
+        return server
 
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting streams, end the open ones (after ``grace`` s) and unsubscribe."""
@@ -372,13 +398,18 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
             self._unsubscribe()
             self._unsubscribe = None
         server, self._grpc = self._grpc, None
-        if server is None:
+        loop, self._loop = self._loop, None
+        if loop is None:
             return
-        done = server.stop(grace)
-        with self._lock:
-            for sub in self._subscribers.values():
-                sub.outbox.put(None)
-        done.wait(5.0 if grace is None else grace + 5.0)
+        if server is not None:
+            with self._lock:
+                for sub in self._subscribers.values():
+                    loop.call(sub.outbox.put_nowait, None)
+            try:
+                loop.run(server.stop(grace), timeout=5.0 if grace is None else grace + 5.0)
+            except TimeoutError:
+                log.warning("ADS server did not stop in time")
+        loop.stop()
 
     def __enter__(self) -> ConfigServer:
         return self.start() if self._grpc is None else self
@@ -428,17 +459,38 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
             except ConfigError as exc:  # registrations are checked when made
                 log.error("registry entries do not fit store version %s, serving it "
                           "without them: %s", self._store_version, exc)
-        version = self._store_version if self._generation == 0 \
-            else f"{self._store_version}+r{self._generation}"
+        version = self._store_version + self._registry_version()
         if version == self._version:
             return
         self._config, self._version = config, version
+        self._encoded.clear()
         self._published_at[version] = self._clock()
         while len(self._published_at) > PUBLISHED_KEPT:
             self._published_at.popitem(last=False)
+        # only endpoints changed: re-send the registered WorkloadEntries alone (istiod's
+        # incremental EDS push); the other types keep their responses and the client
+        # combines them by the config part of the version (wire.base_version)
+        incremental = self._store_version == self._served_store_version
+        self._served_store_version = self._store_version
+        entries = type_url_of("WorkloadEntry")
         for sub in self._subscribers.values():
             for type_url in sorted(sub.types):
-                self._send(sub, type_url)
+                if not incremental or type_url == entries:
+                    self._send(sub, type_url)
+
+    def _registry_version(self) -> str:
+        """``+r<hash>`` of the registered entries ("" with none; lock held).
+
+        A hash of the content, not a counter, so replicas sharing one registry through
+        etcd name the same registry state alike and a subscriber that fails over to
+        another replica finds its version unchanged."""
+        if not self._registry:
+            return ""
+        digest = hashlib.sha256()
+        for key in sorted(self._registry):
+            digest.update(json.dumps(resource_document(self._registry[key].resource),
+                                     sort_keys=True).encode())
+        return "+r" + digest.hexdigest()[:12]
 
     @staticmethod
     def _merge(store: Config, extra: Sequence[Resource]) -> Config:
@@ -487,7 +539,6 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
                 return
         self._registry[key] = _Registration(resource, node.node_id, sub.connection_id,
                                             self._clock())
-        self._generation += 1
         log.info("registered %s for %s", ref, node.node_id)
         self._publish()
 
@@ -510,7 +561,6 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
                 del self._registry[key]
                 log.info("unregistered %s/%s after the grace period", *key)
             if gone:
-                self._generation += 1
                 self._publish()
         return [f"{ns}/{name}" for ns, name in gone]
 
@@ -528,42 +578,50 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
             return
         kind = kind_of(type_url)
         namespace = sub.node.namespace
-        resources = [r for r in config.of_kind(kind) if is_visible(r, namespace, config)]
         nonce = uuid.uuid4().hex
         state = sub.types.setdefault(type_url, _TypeState())
         state.sent_version, state.sent_nonce = self._version, nonce
-        try:
-            response = discovery_response(type_url, self._version, nonce, resources)
-        except WireError as exc:  # a validated config should always encode
-            log.exception("cannot encode %s for %s", type_url, sub.connection_id)
-            self._push_errors.labels(type=kind).inc()
-            sub.outbox.put(_Abort(grpc.StatusCode.INTERNAL, str(exc)))
-            return
-        sub.outbox.put(response)
+        sub.sent_version = self._version
+        template = self._encoded.get((type_url, namespace))
+        if template is None:
+            resources = [r for r in config.of_kind(kind) if is_visible(r, namespace, config)]
+            try:
+                template = discovery_response(type_url, self._version, "", resources)
+            except WireError as exc:  # a validated config should always encode
+                log.exception("cannot encode %s for %s", type_url, sub.connection_id)
+                self._push_errors.labels(type=kind).inc()
+                self._put(sub, _Abort(grpc.StatusCode.INTERNAL, str(exc)))
+                return
+            self._encoded[(type_url, namespace)] = template
+        self._put(sub, with_nonce(template, nonce))
         self._pushes.labels(type=kind).inc()
+
+    def _put(self, sub: _Subscriber, item: _QueueItem) -> None:
+        """Queue ``item`` for ``sub``'s stream from any thread; order is kept."""
+        loop = self._loop
+        if loop is not None:
+            loop.call(sub.outbox.put_nowait, item)
 
     # --- the stream ------------------------------------------------------------------
 
-    def StreamAggregatedResources(
-            self, request_iterator: Iterator[ProtoMessage], context: Any,
-    ) -> Iterator[ProtoMessage]:
-        """One subscriber: a reader thread handles requests, this generator writes."""
+    async def StreamAggregatedResources(
+            self, request_iterator: AsyncIterator[ProtoMessage], context: Any,
+    ) -> AsyncIterator[ProtoMessage]:
+        """One subscriber: a reader task handles requests, this generator writes."""
         with self._lock:
             self._counter += 1
             sub = _Subscriber(f"conn-{self._counter}", str(context.peer()), time.time())
             self._subscribers[sub.connection_id] = sub
             self._connected.inc()
-        context.add_callback(lambda: sub.outbox.put(None))
-        reader = threading.Thread(target=self._read, args=(sub, request_iterator),
-                                  name=f"ads-read:{sub.connection_id}", daemon=True)
-        reader.start()
+        reader = asyncio.create_task(self._read(sub, request_iterator))
         try:
-            while (item := sub.outbox.get()) is not None:
+            while (item := await sub.outbox.get()) is not None:
                 if isinstance(item, _Abort):
-                    context.abort(item.code, item.message)
+                    await context.abort(item.code, item.message)
                     return
                 yield item
         finally:
+            reader.cancel()
             with self._lock:
                 if self._subscribers.pop(sub.connection_id, None) is not None:
                     self._connected.dec()
@@ -573,23 +631,25 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
             log.info("subscriber %s (%s) disconnected", sub.connection_id,
                      sub.node.node_id if sub.node else "no node")
 
-    def _read(self, sub: _Subscriber, requests: Iterator[ProtoMessage]) -> None:
+    async def _read(self, sub: _Subscriber, requests: AsyncIterator[ProtoMessage]) -> None:
         """Handle a stream's requests until the client half-closes or the RPC ends."""
         try:
-            for request in requests:
+            async for request in requests:
                 try:
                     message = parse_request(request)
                 except WireError as exc:
-                    sub.outbox.put(_Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
+                    self._put(sub, _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
                     return
                 with self._lock:
                     problem = self._handle(sub, message)
                 if problem is not None:
-                    sub.outbox.put(_Abort(grpc.StatusCode.INVALID_ARGUMENT, problem))
+                    self._put(sub, _Abort(grpc.StatusCode.INVALID_ARGUMENT, problem))
                     return
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:  # the RPC was cancelled or failed: the stream is over
             log.debug("stream %s ended: %r", sub.connection_id, exc)
-        sub.outbox.put(None)
+        self._put(sub, None)
 
     def _handle(self, sub: _Subscriber, message: Subscribe | Ack | Nack) -> str | None:
         """Apply one request (lock held); return an error to end the stream with."""
@@ -615,9 +675,8 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
                         state.sent_version, message.message)
             return None
         state.acked_version, state.acked_nonce = message.version_info, message.nonce
-        versions = {s.acked_version for s in sub.types.values()}
-        if len(versions) == 1 and "" not in versions:
-            sub.acked_version = versions.pop()
+        if all(s.acked_nonce == s.sent_nonce for s in sub.types.values()):
+            sub.acked_version = sub.sent_version
             self._observe_latency(sub)
         return None
 

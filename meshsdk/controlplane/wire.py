@@ -301,6 +301,32 @@ def discovery_response(type_url: str, version_info: str, nonce: str,
         version_info=version_info, nonce=nonce, type_url=type_url, resources=wrapped))
 
 
+def with_nonce(response: ProtoMessage, nonce: str) -> ProtoMessage:
+    """A copy of a ``DiscoveryResponse`` with another nonce.
+
+    The server encodes each (type, audience) once per version and stamps a fresh nonce
+    per subscriber, instead of encoding every resource again for each of them.
+    """
+    copy = discovery_pb2.DiscoveryResponse()
+    copy.CopyFrom(response)
+    copy.nonce = nonce
+    return cast(ProtoMessage, copy)
+
+
+REGISTRY_SEPARATOR = "+r"
+"""Separates a version's config part from its registry part (``<config>+r<registry>``)."""
+
+
+def base_version(version: str) -> str:
+    """The config part of a version: what every type of one snapshot shares.
+
+    A change of registered endpoints only re-sends WorkloadEntries, with a version whose
+    registry part changed and whose config part did not; a client holding one response
+    per type may apply them together when their config parts agree.
+    """
+    return version.partition(REGISTRY_SEPARATOR)[0]
+
+
 @dataclass(frozen=True, slots=True)
 class Push:
     """A received, fully validated DiscoveryResponse."""
@@ -600,6 +626,7 @@ def parse_request(message: ProtoMessage) -> ClientMessage:
 
 __all__ = [
     "INVALID_ARGUMENT",
+    "REGISTRY_SEPARATOR",
     "RESOURCE_TYPE_URL",
     "STRUCT_TYPE_URL",
     "TYPE_URLS",
@@ -613,6 +640,7 @@ __all__ = [
     "WireError",
     "WireResource",
     "ack_request",
+    "base_version",
     "config_for",
     "content_version",
     "decode_resource",
@@ -631,4 +659,5 @@ __all__ = [
     "subscribe_request",
     "type_url_of",
     "validate_document",
+    "with_nonce",
 ]

