@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # every framework integration is its own distribution; installed editable with its test extra
 INTEGRATIONS := $(patsubst %/pyproject.toml,%,$(wildcard integrations/*/pyproject.toml))
 
-.PHONY: dev demo test lint typecheck pytest bench clean
+.PHONY: dev demo test lint typecheck pytest bench clean etcd
 
 dev: $(STAMP)
 
@@ -30,7 +30,14 @@ typecheck: dev
 	$(VENV)/bin/mypy
 	$(if $(INTEGRATIONS),$(VENV)/bin/mypy $(foreach i,$(INTEGRATIONS),$(i)/meshsdk_$(notdir $(i))))
 
-pytest: dev
+# the config service's HA tests run a real etcd: Debian's etcd-server, installed if absent
+etcd:
+	@command -v etcd >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get install -y -q etcd-server >/dev/null || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q etcd-server >/dev/null; }; \
+	  else sudo apt-get install -y -q etcd-server >/dev/null; fi; }
+
+pytest: dev etcd
 	$(VENV)/bin/pytest -q
 
 test: lint typecheck pytest

@@ -55,30 +55,23 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", choices=("text", "json"), default="text")
     _add_ca_parser(sub)
 
-    s = sub.add_parser("serve", help="run the config service on a directory of Istio YAML",
-                       description="Watch --config, validate every change, and push the last "
-                       "good configuration to subscribers over ADS (gRPC); debug HTTP "
-                       "endpoints on --debug-port. Stops on SIGINT/SIGTERM.")
-    s.add_argument("-c", "--config", required=True, metavar="DIR",
-                   help="directory of Istio YAML")
-    s.add_argument("--host", default="127.0.0.1", help="ADS address (default: %(default)s)")
-    s.add_argument("--port", type=int, default=15010, help="ADS port (default: %(default)s)")
-    s.add_argument("--debug-port", type=int, default=15014,
-                   help="debug HTTP port on 127.0.0.1 (default: %(default)s)")
+    sub.add_parser("serve", help="run the config service (files or etcd)", add_help=False,
+                   description="All arguments go to the config service; "
+                   "`meshctl serve --help` lists them.")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        from meshsdk.controlplane.server import main as serve  # grpc only when serving
+        return serve(argv[1:], prog="meshctl serve")
     args = build_parser().parse_args(argv)
     try:
         if args.command == "validate":
             return _validate(args, sys.stdout, sys.stderr)
         if args.command == "ca":
             return _ca(args, sys.stdout, sys.stderr)
-        if args.command == "serve":
-            from meshsdk.controlplane.server import main as serve  # grpc only when serving
-            return serve(["--config", args.config, "--host", args.host,
-                          "--port", str(args.port), "--debug-port", str(args.debug_port)])
         return _describe(args, sys.stdout, sys.stderr)
     except ConfigError as exc:
         print(f"meshctl: {exc}", file=sys.stderr)

@@ -74,6 +74,8 @@ class ClientStatus:
     """The most recent failure: connection error or why a version was NACKed."""
     last_change: float | None
     """When (on the client's clock) the config in use was applied."""
+    address: str | None = None
+    """The replica the stream is (or was last) up with."""
 
 
 def next_backoff(attempt: int, rng: random.Random, *, initial: float = 0.5,
@@ -133,6 +135,9 @@ class ConfigClient:
 
     ``clock`` stamps ``last_change``; ``rng`` draws the backoff jitter. ``initial_backoff``
     / ``max_backoff`` / ``jitter`` shape reconnect delays (see :func:`next_backoff`).
+    ``address`` may list several replicas (``host:port,host:port``): after a stream
+    ends or fails, the client reconnects to the next one, so a replica going away
+    moves its subscribers to the others (the mesh keeps its config meanwhile).
     ``ip`` is the node's address as told to the server (``$INSTANCE_IP`` by default) and
     ``ports`` its named ports (POD_PORTS). ``register`` sets AUTO_REGISTER: the server
     then registers a WorkloadEntry for this node (at ``ip``) while the stream is up.
@@ -146,7 +151,11 @@ class ConfigClient:
                  jitter: float = 0.2, ip: str | None = None,
                  ports: Mapping[str, int] | None = None, register: bool = False) -> None:
         self._mesh = mesh
-        self._address = address
+        self._addresses = [a.strip() for a in address.split(",") if a.strip()]
+        if not self._addresses:
+            raise MeshError(f"no config service address in {address!r}")
+        self._index = 0
+        self._address = self._addresses[0]
         self._node = NodeIdentity.from_workload(
             workload, ip or os.environ.get("INSTANCE_IP") or "127.0.0.1", ports=ports,
             auto_register=register)
@@ -183,7 +192,7 @@ class ConfigClient:
         """A consistent copy of the client's state."""
         with self._lock:
             return ClientStatus(self._connected, self._version, self._source,
-                                self._last_error, self._last_change)
+                                self._last_error, self._last_change, self._address)
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the stream and the thread; the mesh keeps its current config."""
@@ -209,6 +218,10 @@ class ConfigClient:
             if self._source is None:
                 self._load_cache()
             attempt = 0 if answered else attempt + 1
+            if len(self._addresses) > 1:  # fail over: the next replica, in turn
+                self._index = (self._index + 1) % len(self._addresses)
+                with self._lock:
+                    self._address = self._addresses[self._index]
             initial, maximum, jitter = self._backoff
             delay = next_backoff(attempt, self._rng, initial=initial, maximum=maximum,
                                  jitter=jitter)

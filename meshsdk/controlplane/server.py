@@ -61,6 +61,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -75,7 +77,7 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc  # type: ignore[import-untyped]
 from envoy.service.discovery.v3 import ads_pb2_grpc  # type: ignore[import-untyped]
@@ -107,7 +109,10 @@ from meshsdk.controlplane.wire import (
     type_url_of,
     with_nonce,
 )
-from meshsdk.errors import ConfigError
+from meshsdk.errors import ConfigError, MeshError
+
+if TYPE_CHECKING:
+    from meshsdk.controlplane.etcd import EtcdConfigStore, EtcdRegistry, RegistryRecord
 
 __all__ = ["ConfigServer", "DebugServer", "is_visible", "main", "registration_document",
            "registration_name"]
@@ -125,6 +130,8 @@ SWEEP_INTERVAL = 0.25
 PUSH_LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 3.0, 5.0, 10.0, 20.0, 30.0)
 """Buckets of ``meshsdk_xds_push_latency_seconds`` (istiod's convergence buckets, finer
 below 0.1 s)."""
+PENDING_CLAIM_TIMEOUT = 5.0
+"""Seconds a registration written to etcd is served before etcd confirms it."""
 PUBLISHED_KEPT = 16
 """How many recent versions keep their publication time (for late ACKs)."""
 
@@ -236,6 +243,8 @@ class _Registration:
     connection_id: str | None
     registered_at: float
     disconnected_since: float | None = None
+    owner: str = ""                       # the replica holding the stream (shared registry)
+    record: RegistryRecord | None = None  # as stored in etcd (shared registry)
 
     def describe(self) -> dict[str, Any]:
         """The registryz entry (JSON-compatible)."""
@@ -249,6 +258,7 @@ class _Registration:
             "ports": dict(spec.ports),
             "service_account": spec.service_account,
             "registered_at": _iso(self.registered_at),
+            "replica": self.owner or None,
             "state": "connected" if self.disconnected_since is None else "disconnected",
             "connection_id": self.connection_id,
             "disconnected_since": None if self.disconnected_since is None
@@ -289,18 +299,23 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
     The store's lifecycle stays with the caller; the server only subscribes to it.
     """
 
-    def __init__(self, store: ConfigStore, *, host: str = "127.0.0.1",
+    def __init__(self, store: ConfigStore | EtcdConfigStore, *, host: str = "127.0.0.1",
                  port: int = DEFAULT_PORT, max_streams: int = MAX_STREAMS,
                  services: Sequence[Callable[[Any], None]] = (),
                  grace: float = REGISTRY_GRACE, sweep_interval: float = SWEEP_INTERVAL,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 shared_registry: EtcdRegistry | None = None) -> None:
         """``services`` add more gRPC services to the same server before it starts
         (``lambda server: add_ca_service(server, ca, tokens)`` for the CA).
 
         ``grace`` is how long a registered WorkloadEntry outlives its stream; a sweeper
         thread checks every ``sweep_interval`` s (0 or less: no thread, call
         :meth:`sweep`). ``clock`` (wall seconds) stamps registrations and times the
-        push latency metric, for tests."""
+        push latency metric, for tests.
+
+        ``shared_registry`` keeps the registry in etcd, shared with other replicas
+        (:class:`~meshsdk.controlplane.etcd.EtcdRegistry`); without it the registry
+        lives in this process."""
         self.store = store
         self._services = tuple(services)
         self.host = host
@@ -319,6 +334,12 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
         self._served_store_version = ""   # the store version of the last full push
         self._encoded: dict[tuple[str, str], ProtoMessage] = {}   # (type, namespace)
         self.grace = grace
+        self._shared = shared_registry
+        self.replica = shared_registry.replica if shared_registry is not None else ""
+        self._validated: dict[str, Resource] = {}   # registry documents already checked
+        # claims written to etcd whose echo has not come back yet: kept in the view so
+        # an unrelated etcd event in between does not make the entry flap
+        self._pending: dict[tuple[str, str], tuple[float, _Registration]] = {}
         self._sweep_interval = sweep_interval
         self._clock = clock
         self._sweeper: threading.Thread | None = None
@@ -361,6 +382,8 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
             self._loop = None
             raise
         self._serving.set()
+        if self._shared is not None:
+            self._shared.start(self._on_shared)
         if self._sweep_interval > 0:
             self._stopping.clear()
             self._sweeper = threading.Thread(target=self._sweep_loop, name="registry-sweep",
@@ -528,6 +551,7 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
                 resource_document(resource):
             current.connection_id, current.node_id = sub.connection_id, node.node_id
             current.disconnected_since = None
+            self._claim(key, current)
             log.info("%s re-attached to %s", ref, sub.connection_id)
             return
         if store is not None:
@@ -537,17 +561,85 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
             except ConfigError as exc:
                 log.warning("registration of %s by %s refused: %s", ref, node.node_id, exc)
                 return
-        self._registry[key] = _Registration(resource, node.node_id, sub.connection_id,
-                                            self._clock())
+        registration = _Registration(resource, node.node_id, sub.connection_id,
+                                     self._clock())
+        self._registry[key] = registration
+        self._claim(key, registration)
         log.info("registered %s for %s", ref, node.node_id)
         self._publish()
+
+    def _claim(self, key: tuple[str, str], reg: _Registration) -> None:
+        """Write a registration made here to the shared registry, if any (lock held).
+
+        The local view already has it, so this replica pushes at once; the other
+        replicas learn it from etcd."""
+        if self._shared is None or reg.connection_id is None:
+            return
+        from meshsdk.controlplane.etcd import RegistryRecord, registry_key
+        reg.owner = self.replica
+        reg.record = RegistryRecord(resource_document(reg.resource), reg.node_id,
+                                    self.replica, reg.connection_id, reg.registered_at,
+                                    reg.disconnected_since)
+        self._shared.claim(registry_key(*key), reg.record)
+        self._pending[key] = (self._clock(), reg)
 
     def _release(self, sub: _Subscriber) -> None:
         """The stream of ``sub`` ended: its registrations start their grace (lock held)."""
         now = self._clock()
-        for reg in self._registry.values():
+        for key, reg in self._registry.items():
             if reg.connection_id == sub.connection_id and reg.disconnected_since is None:
                 reg.disconnected_since = now
+                if self._shared is not None and reg.record is not None:
+                    from meshsdk.controlplane.etcd import registry_key
+                    old = reg.record
+                    reg.record = dataclasses.replace(old, disconnected_since=now)
+                    # only if no other replica claimed it meanwhile
+                    self._shared.replace(registry_key(*key), old, reg.record)
+
+    def _on_shared(self, records: dict[str, RegistryRecord]) -> None:
+        """The shared registry changed (any replica): serve what etcd holds."""
+        view: dict[tuple[str, str], _Registration] = {}
+        for rec in records.values():
+            resource = self._check_shared(rec)
+            if resource is None:
+                continue
+            mine = rec.owner == self.replica
+            view[(resource.namespace, resource.name)] = _Registration(
+                resource, rec.node_id, rec.connection_id if mine else None,
+                rec.registered_at, rec.disconnected_since, rec.owner, rec)
+        with self._lock:
+            now = self._clock()
+            for key, (at, reg) in list(self._pending.items()):
+                echoed = view.get(key)
+                if echoed is not None and echoed.record == reg.record:
+                    del self._pending[key]
+                elif now - at > PENDING_CLAIM_TIMEOUT:
+                    log.warning("claim of %s/%s never appeared in etcd", *key)
+                    del self._pending[key]
+                else:
+                    view[key] = reg
+            store = self._store_config
+            if store is not None:
+                taken = {r.key for r in store.resources}
+                view = {k: g for k, g in view.items() if g.resource.key not in taken}
+            self._registry = view
+            self._publish()
+
+    def _check_shared(self, rec: RegistryRecord) -> Resource | None:
+        """Validate a record's document (once per distinct document)."""
+        text = json.dumps(rec.document, sort_keys=True)
+        resource = self._validated.get(text)
+        if resource is None:
+            result = load_string(text, source=f"registry:{rec.node_id}")
+            if result.errors or len(result.resources) != 1:
+                log.warning("shared registry entry of %s ignored: %s", rec.node_id,
+                            "; ".join(d.message for d in result.diagnostics))
+                return None
+            resource = result.resources[0]
+            if len(self._validated) > 10_000:
+                self._validated.clear()
+            self._validated[text] = resource
+        return resource
 
     def sweep(self, now: float | None = None) -> list[str]:
         """Remove registrations disconnected for ``grace`` s or more (at ``now``, by
@@ -556,9 +648,13 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
             at = self._clock() if now is None else now
             gone = [k for k, g in self._registry.items()
                     if g.disconnected_since is not None
-                    and at - g.disconnected_since >= self.grace]
+                    and at - g.disconnected_since >= self.grace
+                    and (self._shared is None or g.owner == self.replica)]
             for key in gone:
-                del self._registry[key]
+                reg = self._registry.pop(key)
+                if self._shared is not None and reg.record is not None:
+                    from meshsdk.controlplane.etcd import registry_key
+                    self._shared.replace(registry_key(*key), reg.record, None)
                 log.info("unregistered %s/%s after the grace period", *key)
             if gone:
                 self._publish()
@@ -840,15 +936,40 @@ def _handler_for(server: ConfigServer) -> type[BaseHTTPRequestHandler]:
 # --- command line -------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Serve ``--config DIR`` over ADS and debug HTTP until SIGINT/SIGTERM; 0 on a clean stop."""
-    parser = argparse.ArgumentParser(prog="python -m meshsdk.controlplane.server",
-                                     description=main.__doc__)
-    parser.add_argument("--config", required=True, help="directory of Istio YAML")
-    parser.add_argument("--host", default="127.0.0.1")
+def build_parser(prog: str = "python -m meshsdk.controlplane.server") -> argparse.ArgumentParser:
+    """The command line of :func:`main` (shared with ``meshctl serve``)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Serve Istio config over ADS (gRPC) and debug HTTP until "
+        "SIGINT/SIGTERM: from a watched directory (--config), or from etcd (--etcd) shared "
+        "with other replicas, where --config then also writes each valid version of the "
+        "directory into etcd.")
+    parser.add_argument("-c", "--config", metavar="DIR", help="directory of Istio YAML")
+    parser.add_argument("--etcd", metavar="HOST:PORT",
+                        help="keep config and registry in etcd (replicas share them)")
+    parser.add_argument("--etcd-prefix", default="/meshsdk", help="etcd key prefix")
+    parser.add_argument("--host", default="127.0.0.1", help="ADS address")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="ADS gRPC port")
-    parser.add_argument("--debug-port", type=int, default=DEFAULT_DEBUG_PORT)
-    args = parser.parse_args(argv)
+    parser.add_argument("--debug-port", type=int, default=DEFAULT_DEBUG_PORT,
+                        help="debug HTTP port on 127.0.0.1")
+    parser.add_argument("--grace", type=float, default=REGISTRY_GRACE,
+                        help="seconds a registered WorkloadEntry outlives its stream (and, "
+                        "with --etcd, its replica)")
+    parser.add_argument("--ca-dir", metavar="DIR",
+                        help="serve CSR signing with the CA in DIR (meshctl ca init)")
+    parser.add_argument("--tokens", metavar="DIR",
+                        help="bootstrap tokens for the CA: files <namespace>.<sa>.token")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Run the config service (see :func:`build_parser`); 0 on a clean stop."""
+    args = (build_parser(prog) if prog else build_parser()).parse_args(argv)
+    if not args.config and not args.etcd:
+        print("error: give --config DIR, --etcd HOST:PORT, or both", file=sys.stderr)
+        return 2
+    if bool(args.ca_dir) != bool(args.tokens):
+        print("error: --ca-dir and --tokens go together", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     stop = threading.Event()
 
@@ -857,22 +978,57 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with ConfigStore(args.config) as store, \
-                ConfigServer(store, host=args.host, port=args.port) as server, \
-                DebugServer(server, port=args.debug_port) as debug:
-            print(f"serving {args.config} version {store.version}: ADS on "
-                  f"{args.host}:{server.port}, debug on 127.0.0.1:{debug.port}",
+        with contextlib.ExitStack() as stack:
+            services: list[Callable[[Any], None]] = []
+            if args.ca_dir:
+                from meshsdk.controlplane.ca_service import TokenDirectory, add_ca_service
+                from meshsdk.security.ca import MeshCA
+                ca, tokens = MeshCA.load(args.ca_dir), TokenDirectory(args.tokens)
+                services.append(lambda server: add_ca_service(server, ca, tokens))
+            store: ConfigStore | EtcdConfigStore
+            shared: EtcdRegistry | None = None
+            if args.etcd:
+                from meshsdk.controlplane import etcd
+                conn = stack.enter_context(etcd.Etcd(args.etcd, prefix=args.etcd_prefix))
+                if args.config:
+                    files = stack.enter_context(ConfigStore(args.config))
+                    stack.callback(files.subscribe(
+                        lambda config, version: _write_through(conn, config), replay=True))
+                store = stack.enter_context(etcd.EtcdConfigStore(conn))
+                replica = f"{args.host}:{args.port}/{uuid.uuid4().hex[:8]}"
+                shared = etcd.EtcdRegistry(conn, replica, ttl=max(2, round(args.grace)))
+                source = f"etcd {args.etcd}{args.etcd_prefix}"
+            else:
+                store = stack.enter_context(ConfigStore(args.config))
+                source = args.config
+            server = stack.enter_context(ConfigServer(
+                store, host=args.host, port=args.port, grace=args.grace, services=services,
+                shared_registry=shared))
+            debug = stack.enter_context(DebugServer(server, port=args.debug_port))
+            print(f"serving {source} version {store.version}: ADS on "
+                  f"{args.host}:{server.port}, debug on 127.0.0.1:{debug.port}"
+                  + (", CA on the ADS port" if args.ca_dir else ""),
                   file=sys.stderr, flush=True)
             while not stop.wait(0.5):
                 pass
             print("stopping", file=sys.stderr, flush=True)
-    except (ConfigError, OSError) as exc:
+    except (MeshError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
     return 0
+
+
+def _write_through(conn: Any, config: Config) -> None:
+    """Write a valid version of the watched directory into etcd (``--config`` with
+    ``--etcd``); replicas writing the same content leave the served version unchanged."""
+    from meshsdk.controlplane.etcd import apply_documents
+    try:
+        apply_documents(conn, (resource_document(r) for r in config.resources))
+    except MeshError as exc:
+        log.error("could not write the config into etcd: %s", exc)
 
 
 if __name__ == "__main__":
