@@ -1,13 +1,14 @@
 """The config service client: one ADS stream that keeps a :class:`~meshsdk.Mesh` current.
 
 The client subscribes to every kind in :data:`~meshsdk.controlplane.wire.TYPE_URLS`
-on one ``StreamAggregatedResources`` stream. It keeps the latest response of each
-type and applies them only when it holds one for every type and all share the config
-part of their versions (:func:`~meshsdk.controlplane.wire.base_version`), so the mesh
-never runs half a snapshot, yet an endpoint-only push (WorkloadEntries alone) applies
-at once. All responses are re-validated, built into one Config and swapped in with
-``mesh.update`` (then the new responses are ACKed); any failure NACKs them and the
-last good config stays.
+on one ``StreamAggregatedResources`` stream, and last to the snapshot marker
+(:data:`~meshsdk.controlplane.wire.SNAPSHOT_TYPE_URL`). It keeps the latest response
+of each type; the server sends only the types that changed, then a marker naming the
+version of every type's current response, and the client applies when it holds
+exactly those, so the mesh never runs half a snapshot. (From a server without the
+marker, it applies once every type is held at one version.) All responses are
+re-validated, built into one Config and swapped in with ``mesh.update`` (then the new
+responses are ACKed); any failure NACKs them and the last good config stays.
 
 The stream runs in a background thread and reconnects with exponential backoff
 and jitter (:func:`next_backoff`). Each applied version is also written to an
@@ -34,15 +35,17 @@ from envoy.service.discovery.v3 import ads_pb2_grpc  # type: ignore[import-untyp
 from meshsdk.config.loader import config_from_result, load_string
 from meshsdk.config.resource import Config
 from meshsdk.controlplane.wire import (
+    SNAPSHOT_TYPE_URL,
     TYPE_URLS,
     NodeIdentity,
     ProtoMessage,
     Push,
+    WireError,
     ack_request,
-    base_version,
     config_for,
     decode_response,
     nack_request,
+    read_snapshot,
     resource_document,
     subscribe_request,
 )
@@ -239,10 +242,11 @@ class ConfigClient:
                 except queue.Empty:
                     continue
 
-        for url in TYPE_URLS.values():
+        for url in (*TYPE_URLS.values(), SNAPSHOT_TYPE_URL):
             outbox.put(subscribe_request(url, node=self._node, version_info=self._version or ""))
         held: dict[str, Any] = {}    # the latest response of each type
         fresh: dict[str, Any] = {}   # responses not yet ACKed or NACKed
+        marked = False               # the server sends snapshot markers
         answered = False
         channel = grpc.insecure_channel(self._address)
         try:
@@ -255,10 +259,26 @@ class ConfigClient:
                     answered = True
                     with self._lock:
                         self._connected = True
-                held[response.type_url] = response
                 fresh[response.type_url] = response
-                bases = {base_version(r.version_info) for r in held.values()}
-                if len(held) == len(TYPE_URLS) and len(bases) == 1:
+                if response.type_url == SNAPSHOT_TYPE_URL:
+                    marked = True
+                    if not self._complete(held, response):
+                        continue
+                    if len(fresh) == 1 and self._source == "server":
+                        # nothing this mesh holds changed: the version moves on alone
+                        with self._lock:
+                            self._version = response.version_info
+                        outbox.put(ack_request(response.type_url, response.version_info,
+                                               response.nonce))
+                    else:
+                        for request in self._apply(list(held.values()), fresh,
+                                                   response.version_info):
+                            outbox.put(request)
+                    fresh.clear()
+                    continue
+                held[response.type_url] = response
+                versions = {r.version_info for r in held.values()}
+                if not marked and len(held) == len(TYPE_URLS) and len(versions) == 1:
                     for request in self._apply(list(held.values()), fresh,
                                                response.version_info):
                         outbox.put(request)
@@ -272,12 +292,25 @@ class ConfigClient:
             channel.close()
         return answered
 
+    def _complete(self, held: Mapping[str, Any], marker: Any) -> bool:
+        """Whether ``held`` is exactly the snapshot a marker names, for every type."""
+        try:
+            types = read_snapshot(marker)
+        except WireError as exc:
+            self._set_error(f"config service {self._address}: {exc}")
+            return False
+        if not set(TYPE_URLS.values()) <= set(types):
+            return False
+        return all(url in held and held[url].version_info == version
+                   for url, version in types.items())
+
     def _apply(self, responses: list[Any], fresh: Mapping[str, Any],
                version: str) -> list[ProtoMessage]:
         """Validate and apply one response per type; ACK or NACK the ``fresh`` ones.
 
-        ``version`` is that of the response received last (the newest: an incremental
-        push only advances the registry part)."""
+        ``version`` is the snapshot's (its marker's, or the common version). With a
+        marker, only the marker is ACKed or NACKed: it stands for the whole snapshot."""
+        marked = SNAPSHOT_TYPE_URL in fresh
         try:
             pushes: list[Push] = [decode_response(r) for r in responses]
             config = config_for(r for p in pushes for r in p.resources)
@@ -287,7 +320,7 @@ class ConfigClient:
             self._set_error(message)
             previous = self._version or ""
             return [nack_request(r.type_url, previous, r.nonce, str(exc))
-                    for r in fresh.values()]
+                    for r in fresh.values() if not marked or r.type_url == SNAPSHOT_TYPE_URL]
         with self._lock:
             self._version, self._source = version, "server"
             self._last_change = self._clock()
@@ -296,7 +329,8 @@ class ConfigClient:
             write_cache(self._cache_dir, version, config)
         except OSError as exc:
             self._set_error(f"config cache {self._cache_dir}: {exc}")
-        return [ack_request(r.type_url, r.version_info, r.nonce) for r in fresh.values()]
+        return [ack_request(r.type_url, r.version_info, r.nonce) for r in fresh.values()
+                if not marked or r.type_url == SNAPSHOT_TYPE_URL]
 
     def _load_cache(self) -> None:
         """Apply the on-disk last-good config, if any (only before any server version)."""

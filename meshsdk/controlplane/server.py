@@ -93,9 +93,10 @@ from prometheus_client import (
 from meshsdk.config.loader import LoadResult, config_from_result, load_string
 from meshsdk.config.resource import Config, Resource
 from meshsdk.config.snapshot import visible
-from meshsdk.controlplane.filestore import ConfigStore
+from meshsdk.controlplane.filestore import ConfigStore, Debouncer
 from meshsdk.controlplane.loop import LoopThread
 from meshsdk.controlplane.wire import (
+    SNAPSHOT_TYPE_URL,
     Ack,
     Nack,
     NodeIdentity,
@@ -106,7 +107,7 @@ from meshsdk.controlplane.wire import (
     kind_of,
     parse_request,
     resource_document,
-    type_url_of,
+    snapshot_response,
     with_nonce,
 )
 from meshsdk.errors import ConfigError, MeshError
@@ -127,6 +128,11 @@ REGISTRY_GRACE = 10.0
 """Seconds a registered WorkloadEntry outlives its stream (PILOT_WORKLOAD_ENTRY_GRACE_PERIOD)."""
 SWEEP_INTERVAL = 0.25
 """Seconds between two sweeps of expired registrations."""
+REGISTRY_QUIET = 0.05
+REGISTRY_MAX_DELAY = 0.25
+"""Registry changes are pushed once quiet for 50 ms, at most 250 ms after the first
+(istiod debounces endpoint pushes too; shorter here, as endpoints must reach every
+subscriber within a second even under constant churn)."""
 PUSH_LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 3.0, 5.0, 10.0, 20.0, 30.0)
 """Buckets of ``meshsdk_xds_push_latency_seconds`` (istiod's convergence buckets, finer
 below 0.1 s)."""
@@ -134,6 +140,15 @@ PENDING_CLAIM_TIMEOUT = 5.0
 """Seconds a registration written to etcd is served before etcd confirms it."""
 PUBLISHED_KEPT = 16
 """How many recent versions keep their publication time (for late ACKs)."""
+
+
+def _digest(response: ProtoMessage) -> str:
+    """What a response's resources are (names and content versions), independent of
+    its version and nonce."""
+    digest = hashlib.sha256()
+    for packed in getattr(response, "resources", ()):
+        digest.update(packed.value)
+    return digest.hexdigest()
 
 
 def _iso(t: float) -> str:
@@ -167,6 +182,7 @@ class _TypeState:
 
     sent_version: str = ""
     sent_nonce: str = ""
+    sent_digest: str = ""   # what the last response held (to skip unchanged types)
     acked_version: str = ""
     acked_nonce: str = ""
 
@@ -202,6 +218,7 @@ class _Subscriber:
     node: NodeIdentity | None = None
     types: dict[str, _TypeState] = field(default_factory=dict)
     sent_version: str = ""       # the version of the latest response queued
+    marked: bool = False         # subscribed to the snapshot marker: changed types only
     acked_version: str = ""
     last_nack: _NackRecord | None = None
     disconnected_at: float | None = None
@@ -331,8 +348,9 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
         self._store_config: Config | None = None
         self._store_version = ""
         self._registry: dict[tuple[str, str], _Registration] = {}
-        self._served_store_version = ""   # the store version of the last full push
-        self._encoded: dict[tuple[str, str], ProtoMessage] = {}   # (type, namespace)
+        # (type, namespace) -> the response of the current version (nonce empty) and a
+        # digest of its resources
+        self._encoded: dict[tuple[str, str], tuple[ProtoMessage, str]] = {}
         self.grace = grace
         self._shared = shared_registry
         self.replica = shared_registry.replica if shared_registry is not None else ""
@@ -344,6 +362,8 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
         self._clock = clock
         self._sweeper: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._registry_burst = Debouncer(REGISTRY_QUIET, REGISTRY_MAX_DELAY)
         self._counter = 0
         self._grpc: Any = None
         self._loop: LoopThread | None = None
@@ -414,6 +434,7 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
         """Stop accepting streams, end the open ones (after ``grace`` s) and unsubscribe."""
         self._serving.clear()
         self._stopping.set()
+        self._wake.set()
         sweeper, self._sweeper = self._sweeper, None
         if sweeper is not None:
             sweeper.join(5.0)
@@ -490,16 +511,19 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
         self._published_at[version] = self._clock()
         while len(self._published_at) > PUBLISHED_KEPT:
             self._published_at.popitem(last=False)
-        # only endpoints changed: re-send the registered WorkloadEntries alone (istiod's
-        # incremental EDS push); the other types keep their responses and the client
-        # combines them by the config part of the version (wire.base_version)
-        incremental = self._store_version == self._served_store_version
-        self._served_store_version = self._store_version
-        entries = type_url_of("WorkloadEntry")
         for sub in self._subscribers.values():
-            for type_url in sorted(sub.types):
-                if not incremental or type_url == entries:
-                    self._send(sub, type_url)
+            self._push(sub)
+
+    def _push(self, sub: _Subscriber) -> None:
+        """Send ``sub`` the current version (lock held): with the snapshot marker, the
+        types whose resources changed for it and then the marker (an endpoint change
+        sends WorkloadEntries alone, as istiod's incremental EDS push); without it,
+        every type."""
+        for type_url in sorted(sub.types):
+            if type_url != SNAPSHOT_TYPE_URL:
+                self._send(sub, type_url, only_if_changed=sub.marked)
+        if sub.marked:
+            self._send_marker(sub)
 
     def _registry_version(self) -> str:
         """``+r<hash>`` of the registered entries ("" with none; lock held).
@@ -566,7 +590,7 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
         self._registry[key] = registration
         self._claim(key, registration)
         log.info("registered %s for %s", ref, node.node_id)
-        self._publish()
+        self._registry_changed()
 
     def _claim(self, key: tuple[str, str], reg: _Registration) -> None:
         """Write a registration made here to the shared registry, if any (lock held).
@@ -623,7 +647,7 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
                 taken = {r.key for r in store.resources}
                 view = {k: g for k, g in view.items() if g.resource.key not in taken}
             self._registry = view
-            self._publish()
+            self._registry_changed()
 
     def _check_shared(self, rec: RegistryRecord) -> Resource | None:
         """Validate a record's document (once per distinct document)."""
@@ -657,29 +681,49 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
                     self._shared.replace(registry_key(*key), reg.record, None)
                 log.info("unregistered %s/%s after the grace period", *key)
             if gone:
-                self._publish()
+                self._registry_changed()
         return [f"{ns}/{name}" for ns, name in gone]
 
-    def _sweep_loop(self) -> None:
-        while not self._stopping.wait(self._sweep_interval):
-            try:
-                self.sweep()
-            except Exception:  # never let the sweeper die silently
-                log.exception("registry sweep failed")
+    def _registry_changed(self) -> None:
+        """Push the registry's new state: debounced by the sweeper thread when there is
+        one, at once otherwise (lock held)."""
+        if self._sweeper is None:
+            self._publish()
+            return
+        self._registry_burst.event()
+        self._wake.set()
 
-    def _send(self, sub: _Subscriber, type_url: str) -> None:
-        """Queue the current snapshot of one type for one subscriber (lock held)."""
+    def _sweep_loop(self) -> None:
+        """Push debounced registry changes when due; sweep every ``sweep_interval``."""
+        next_sweep = time.monotonic() + self._sweep_interval
+        while not self._stopping.is_set():
+            with self._lock:
+                due = self._registry_burst.next_deadline()
+            wake_at = next_sweep if due is None else min(due, next_sweep)
+            self._wake.wait(max(0.0, wake_at - time.monotonic()))
+            self._wake.clear()
+            if self._stopping.is_set():
+                break
+            try:
+                with self._lock:
+                    if self._registry_burst.take():
+                        self._publish()
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + self._sweep_interval
+                    self.sweep()
+            except Exception:  # never let the sweeper die silently
+                log.exception("registry push or sweep failed")
+
+    def _send(self, sub: _Subscriber, type_url: str, *, only_if_changed: bool = False) -> None:
+        """Queue the current snapshot of one type for one subscriber (lock held);
+        ``only_if_changed``: not if it holds the same resources already."""
         config = self._config
         if config is None or sub.node is None:
             return
         kind = kind_of(type_url)
         namespace = sub.node.namespace
-        nonce = uuid.uuid4().hex
-        state = sub.types.setdefault(type_url, _TypeState())
-        state.sent_version, state.sent_nonce = self._version, nonce
-        sub.sent_version = self._version
-        template = self._encoded.get((type_url, namespace))
-        if template is None:
+        encoded = self._encoded.get((type_url, namespace))
+        if encoded is None:
             resources = [r for r in config.of_kind(kind) if is_visible(r, namespace, config)]
             try:
                 template = discovery_response(type_url, self._version, "", resources)
@@ -688,9 +732,29 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
                 self._push_errors.labels(type=kind).inc()
                 self._put(sub, _Abort(grpc.StatusCode.INTERNAL, str(exc)))
                 return
-            self._encoded[(type_url, namespace)] = template
+            encoded = (template, _digest(template))
+            self._encoded[(type_url, namespace)] = encoded
+        template, digest = encoded
+        state = sub.types.setdefault(type_url, _TypeState())
+        if only_if_changed and state.sent_digest == digest:
+            return
+        nonce = uuid.uuid4().hex
+        state.sent_version, state.sent_nonce, state.sent_digest = self._version, nonce, digest
+        sub.sent_version = self._version
         self._put(sub, with_nonce(template, nonce))
         self._pushes.labels(type=kind).inc()
+
+    def _send_marker(self, sub: _Subscriber) -> None:
+        """Queue the snapshot marker: the version of every type ``sub`` holds (lock held)."""
+        if self._config is None or sub.node is None:
+            return
+        types = {url: st.sent_version for url, st in sub.types.items()
+                 if url != SNAPSHOT_TYPE_URL and st.sent_version}
+        nonce = uuid.uuid4().hex
+        state = sub.types.setdefault(SNAPSHOT_TYPE_URL, _TypeState())
+        state.sent_version, state.sent_nonce = self._version, nonce
+        sub.sent_version = self._version
+        self._put(sub, snapshot_response(self._version, nonce, types))
 
     def _put(self, sub: _Subscriber, item: _QueueItem) -> None:
         """Queue ``item`` for ``sub``'s stream from any thread; order is kept."""
@@ -757,7 +821,12 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
             if sub.node.auto_register:
                 self._register(sub, sub.node)
         if isinstance(message, Subscribe):
-            self._send(sub, message.type_url)
+            if message.type_url == SNAPSHOT_TYPE_URL:
+                sub.marked = True
+            else:
+                self._send(sub, message.type_url)
+            if sub.marked:
+                self._send_marker(sub)
             return None
         state = sub.types.get(message.type_url)
         if state is None or message.nonce != state.sent_nonce:
@@ -766,11 +835,17 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
         if isinstance(message, Nack):
             sub.last_nack = _NackRecord(message.type_url, state.sent_version, message.nonce,
                                         message.message, time.time())
-            self._nacks.labels(type=kind_of(message.type_url)).inc()
+            self._nacks.labels(type="Snapshot" if message.type_url == SNAPSHOT_TYPE_URL
+                               else kind_of(message.type_url)).inc()
             log.warning("%s rejected %s %s: %s", sub.connection_id, message.type_url,
                         state.sent_version, message.message)
             return None
         state.acked_version, state.acked_nonce = message.version_info, message.nonce
+        if message.type_url == SNAPSHOT_TYPE_URL:
+            # the marker comes after every response it names: its ACK stands for the
+            # whole snapshot (a marker client ACKs nothing else)
+            for other in sub.types.values():
+                other.acked_version, other.acked_nonce = other.sent_version, other.sent_nonce
         if all(s.acked_nonce == s.sent_nonce for s in sub.types.values()):
             sub.acked_version = sub.sent_version
             self._observe_latency(sub)

@@ -313,18 +313,46 @@ def with_nonce(response: ProtoMessage, nonce: str) -> ProtoMessage:
     return cast(ProtoMessage, copy)
 
 
-REGISTRY_SEPARATOR = "+r"
-"""Separates a version's config part from its registry part (``<config>+r<registry>``)."""
+SNAPSHOT_TYPE_URL: Final = "meshsdk.io/v1/Snapshot"
+"""The snapshot marker: after the responses of the types that changed in a version,
+the server sends one response of this type whose single resource lists, for every type
+the subscriber holds, the version of its current response. A client applies its
+responses together when it holds exactly those, so only changed types travel (a weight
+edit sends VirtualServices alone) and the mesh still never runs half a snapshot.
+Subscribers that do not subscribe to it get every type on every version instead."""
 
 
-def base_version(version: str) -> str:
-    """The config part of a version: what every type of one snapshot shares.
+def snapshot_response(version_info: str, nonce: str,
+                      types: Mapping[str, str]) -> ProtoMessage:
+    """The marker response of ``version_info``: ``types`` maps type URL -> version."""
+    body = struct_pb2.Struct()
+    body.update({"types": dict(types)})
+    packed = any_pb2.Any()
+    packed.Pack(body)
+    wrapped = any_pb2.Any()
+    wrapped.Pack(discovery_pb2.Resource(name="snapshot", version=version_info,
+                                        resource=packed))
+    return cast(ProtoMessage, discovery_pb2.DiscoveryResponse(
+        version_info=version_info, nonce=nonce, type_url=SNAPSHOT_TYPE_URL,
+        resources=[wrapped]))
 
-    A change of registered endpoints only re-sends WorkloadEntries, with a version whose
-    registry part changed and whose config part did not; a client holding one response
-    per type may apply them together when their config parts agree.
-    """
-    return version.partition(REGISTRY_SEPARATOR)[0]
+
+def read_snapshot(message: ProtoMessage) -> dict[str, str]:
+    """The type URL -> version map of a marker response (WireError if malformed)."""
+    pb: Any = message
+    if pb.type_url != SNAPSHOT_TYPE_URL or len(pb.resources) != 1:
+        raise WireError("not a snapshot marker")
+    resource = discovery_pb2.Resource()
+    body = struct_pb2.Struct()
+    try:
+        pb.resources[0].Unpack(resource)
+        resource.resource.Unpack(body)
+    except (DecodeError, ValueError) as exc:
+        raise WireError(f"snapshot marker does not parse: {exc}") from None
+    types = json_format.MessageToDict(body).get("types")
+    if not isinstance(types, dict) or not all(isinstance(v, str) for v in types.values()):
+        raise WireError("snapshot marker without a types map")
+    return {str(k): v for k, v in types.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -526,7 +554,8 @@ def subscribe_request(type_url: str, resource_names: Iterable[str] = (), *,
     ``version_info`` may carry the last version applied, when resubscribing after
     a reconnect. ``node`` is required on a stream's first request only.
     """
-    kind_of(type_url)
+    if type_url != SNAPSHOT_TYPE_URL:
+        kind_of(type_url)
     return _request(type_url, resource_names, node, version_info, "", None)
 
 
@@ -610,7 +639,8 @@ def parse_request(message: ProtoMessage) -> ClientMessage:
     """
     pb: Any = message
     type_url: str = pb.type_url
-    kind_of(type_url)
+    if type_url != SNAPSHOT_TYPE_URL:
+        kind_of(type_url)
     names = tuple(str(n) for n in pb.resource_names)
     node = _parse_node(pb.node) if pb.HasField("node") else None
     version: str = pb.version_info
@@ -626,8 +656,8 @@ def parse_request(message: ProtoMessage) -> ClientMessage:
 
 __all__ = [
     "INVALID_ARGUMENT",
-    "REGISTRY_SEPARATOR",
     "RESOURCE_TYPE_URL",
+    "SNAPSHOT_TYPE_URL",
     "STRUCT_TYPE_URL",
     "TYPE_URLS",
     "Ack",
@@ -640,7 +670,6 @@ __all__ = [
     "WireError",
     "WireResource",
     "ack_request",
-    "base_version",
     "config_for",
     "content_version",
     "decode_resource",
@@ -651,10 +680,12 @@ __all__ = [
     "nack_request",
     "parse_request",
     "read_resource",
+    "read_snapshot",
     "request_from_bytes",
     "resource_document",
     "resource_key",
     "response_from_bytes",
+    "snapshot_response",
     "snapshot_version",
     "subscribe_request",
     "type_url_of",

@@ -23,6 +23,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc  # type: ignore[import-untyp
 from meshsdk.controlplane.filestore import ConfigStore
 from meshsdk.controlplane.server import ConfigServer, DebugServer
 from meshsdk.controlplane.wire import (
+    SNAPSHOT_TYPE_URL,
     TYPE_URLS,
     NodeIdentity,
     ProtoMessage,
@@ -30,6 +31,7 @@ from meshsdk.controlplane.wire import (
     ack_request,
     decode_response,
     nack_request,
+    read_snapshot,
     subscribe_request,
     type_url_of,
 )
@@ -377,11 +379,21 @@ def test_metrics_pushes_subscribers_latency_and_nacks(store: ConfigStore) -> Non
                       "meshsdk_xds_connected_subscribers") == 0
 
 
-def test_a_registration_pushes_only_workload_entries(server: ConfigServer, store: ConfigStore,
-                                                    connect: Callable[[], Client]) -> None:
-    """Endpoint-only changes are incremental: the other types are not sent again."""
+def test_with_the_marker_only_changed_types_are_pushed(
+        server: ConfigServer, store: ConfigStore, config_dir: Path,
+        connect: Callable[[], Client]) -> None:
+    """A subscriber of the snapshot marker gets only the types whose resources changed
+    for it, then a marker naming the version of every type it holds."""
     watcher = connect()
-    watcher.ack_all(watcher.subscribe_all(DEFAULT_NODE))
+    first = watcher.subscribe_all(DEFAULT_NODE)
+    watcher.ack_all(first)
+    watcher.send(subscribe_request(SNAPSHOT_TYPE_URL))
+    marker = watcher.inbox.get(timeout=WAIT)
+    assert marker.type_url == SNAPSHOT_TYPE_URL
+    assert read_snapshot(marker) == {url: store.version for url in TYPE_URLS.values()}
+    watcher.send(ack_request(SNAPSHOT_TYPE_URL, marker.version_info, marker.nonce))
+
+    # an endpoint registers: WorkloadEntries alone, then the marker
     node = NodeIdentity(ip="127.0.0.9", name="ratings-v1", namespace="default",
                         labels={"app": "ratings"}, auto_register=True)
     registering = connect()
@@ -390,8 +402,21 @@ def test_a_registration_pushes_only_workload_entries(server: ConfigServer, store
     assert push.type_url == type_url_of("WorkloadEntry")
     assert names(push) == ["default/auto-ratings-v1-127-0-0-9"]
     assert push.version_info.startswith(store.version + "+r")
+    marker = watcher.inbox.get(timeout=WAIT)
+    held = read_snapshot(marker)
+    assert held[type_url_of("WorkloadEntry")] == push.version_info == marker.version_info
+    assert held[type_url_of("VirtualService")] == store.version
     watcher.send(ack_request(push.type_url, push.version_info, push.nonce))
-    wait_for(lambda: any(e["acked_version"] == push.version_info for e in server.syncz()),
+    watcher.send(ack_request(SNAPSHOT_TYPE_URL, marker.version_info, marker.nonce))
+    wait_for(lambda: any(e["acked_version"] == marker.version_info for e in server.syncz()),
              "the ACK of the incremental push")
-    with pytest.raises(queue.Empty):  # nothing else follows: the other types are unchanged
-        watcher.next(timeout=0.3)
+
+    # an edit of the VirtualService: VirtualServices alone, then the marker
+    (config_dir / "routes.yaml").write_text(ROUTES.format(timeout="9s"))
+    push = watcher.next()
+    assert push.type_url == type_url_of("VirtualService")
+    marker = watcher.inbox.get(timeout=WAIT)
+    assert marker.type_url == SNAPSHOT_TYPE_URL
+    assert read_snapshot(marker)[type_url_of("VirtualService")] == push.version_info
+    with pytest.raises(queue.Empty):  # nothing else follows
+        watcher.inbox.get(timeout=0.3)
