@@ -351,6 +351,11 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
         # (type, namespace) -> the response of the current version (nonce empty) and a
         # digest of its resources
         self._encoded: dict[tuple[str, str], tuple[ProtoMessage, str]] = {}
+        self._markers: dict[tuple[tuple[str, str], ...], ProtoMessage] = {}
+        self._batch: list[tuple[_Subscriber, _QueueItem]] | None = None
+        self._nonces = 0
+        self._nonce_prefix = uuid.uuid4().hex[:8] + "-"
+        self._push_counters: dict[str, Any] = {}
         self.grace = grace
         self._shared = shared_registry
         self.replica = shared_registry.replica if shared_registry is not None else ""
@@ -508,11 +513,18 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
             return
         self._config, self._version = config, version
         self._encoded.clear()
+        self._markers.clear()
         self._published_at[version] = self._clock()
         while len(self._published_at) > PUBLISHED_KEPT:
             self._published_at.popitem(last=False)
-        for sub in self._subscribers.values():
-            self._push(sub)
+        self._batch = []
+        try:
+            for sub in self._subscribers.values():
+                self._push(sub)
+        finally:
+            batch, self._batch = self._batch, None
+            if batch and self._loop is not None:
+                self._loop.call(self._deliver, batch)
 
     def _push(self, sub: _Subscriber) -> None:
         """Send ``sub`` the current version (lock held): with the snapshot marker, the
@@ -738,29 +750,54 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
         state = sub.types.setdefault(type_url, _TypeState())
         if only_if_changed and state.sent_digest == digest:
             return
-        nonce = uuid.uuid4().hex
+        nonce = self._nonce()
         state.sent_version, state.sent_nonce, state.sent_digest = self._version, nonce, digest
         sub.sent_version = self._version
         self._put(sub, with_nonce(template, nonce))
-        self._pushes.labels(type=kind).inc()
+        counter = self._push_counters.get(kind)
+        if counter is None:
+            counter = self._push_counters[kind] = self._pushes.labels(type=kind)
+        counter.inc()
 
     def _send_marker(self, sub: _Subscriber) -> None:
         """Queue the snapshot marker: the version of every type ``sub`` holds (lock held)."""
         if self._config is None or sub.node is None:
             return
-        types = {url: st.sent_version for url, st in sub.types.items()
-                 if url != SNAPSHOT_TYPE_URL and st.sent_version}
-        nonce = uuid.uuid4().hex
+        types = tuple(sorted((url, st.sent_version) for url, st in sub.types.items()
+                             if url != SNAPSHOT_TYPE_URL and st.sent_version))
+        # most subscribers hold the same versions: one marker per distinct map
+        template = self._markers.get(types)
+        if template is None:
+            template = self._markers[types] = snapshot_response(self._version, "",
+                                                                dict(types))
+        nonce = self._nonce()
         state = sub.types.setdefault(SNAPSHOT_TYPE_URL, _TypeState())
         state.sent_version, state.sent_nonce = self._version, nonce
         sub.sent_version = self._version
-        self._put(sub, snapshot_response(self._version, nonce, types))
+        self._put(sub, with_nonce(template, nonce))
+
+    def _nonce(self) -> str:
+        """A nonce unique within this server (lock held): cheaper than a UUID each."""
+        self._nonces += 1
+        return f"{self._nonce_prefix}{self._nonces:x}"
 
     def _put(self, sub: _Subscriber, item: _QueueItem) -> None:
-        """Queue ``item`` for ``sub``'s stream from any thread; order is kept."""
+        """Queue ``item`` for ``sub``'s stream from any thread; order is kept.
+
+        During a push, items are collected and handed to the loop in one callback
+        (one wake-up of the loop instead of thousands)."""
+        if self._batch is not None:
+            self._batch.append((sub, item))
+            return
         loop = self._loop
         if loop is not None:
             loop.call(sub.outbox.put_nowait, item)
+
+    @staticmethod
+    def _deliver(batch: list[tuple[_Subscriber, _QueueItem]]) -> None:
+        """On the loop: queue a push's items, in order."""
+        for sub, item in batch:
+            sub.outbox.put_nowait(item)
 
     # --- the stream ------------------------------------------------------------------
 
