@@ -17,9 +17,10 @@
 
 Visibility follows ``exportTo`` for VirtualService, DestinationRule and ServiceEntry
 (an empty list means the mesh-wide default, ``*`` unless MeshConfig says otherwise).
-Not done here, unlike istiod: Sidecar egress scoping (a namespace's ``Sidecar`` hiding
-hosts it does not import) and per-proxy pruning of kinds by workload selector; every
-other kind is sent whole to everyone.
+The Sidecar that applies to a subscriber (:mod:`meshsdk.config.scope`) narrows its
+ServiceEntries, VirtualServices and DestinationRules to the hosts its egress listeners
+import, as istiod does. Not done: per-proxy pruning of the other kinds by workload
+selector; they are sent whole to everyone.
 
 Workload registry (istiod's WorkloadGroup auto-registration, without the
 WorkloadGroup): a subscriber whose node metadata says ``AUTO_REGISTER: "true"`` gets
@@ -92,6 +93,7 @@ from prometheus_client import (
 
 from meshsdk.config.loader import LoadResult, config_from_result, load_string
 from meshsdk.config.resource import Config, Resource
+from meshsdk.config.scope import egress_scope, sidecar_for
 from meshsdk.config.snapshot import visible
 from meshsdk.controlplane.filestore import ConfigStore, Debouncer
 from meshsdk.controlplane.loop import LoopThread
@@ -351,6 +353,7 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
         # (type, namespace) -> the response of the current version (nonce empty) and a
         # digest of its resources
         self._encoded: dict[tuple[str, str], tuple[ProtoMessage, str]] = {}
+        self._audiences: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
         self._markers: dict[tuple[tuple[str, str], ...], ProtoMessage] = {}
         self._batch: list[tuple[_Subscriber, _QueueItem]] | None = None
         self._nonces = 0
@@ -513,6 +516,7 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
             return
         self._config, self._version = config, version
         self._encoded.clear()
+        self._audiences.clear()
         self._markers.clear()
         self._published_at[version] = self._clock()
         while len(self._published_at) > PUBLISHED_KEPT:
@@ -734,9 +738,12 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
             return
         kind = kind_of(type_url)
         namespace = sub.node.namespace
-        encoded = self._encoded.get((type_url, namespace))
+        audience = self._audience(config, sub.node)
+        encoded = self._encoded.get((type_url, audience))
         if encoded is None:
-            resources = [r for r in config.of_kind(kind) if is_visible(r, namespace, config)]
+            scope = egress_scope(config, namespace, sub.node.labels)
+            resources = [r for r in config.of_kind(kind)
+                         if is_visible(r, namespace, config) and scope(r)]
             try:
                 template = discovery_response(type_url, self._version, "", resources)
             except WireError as exc:  # a validated config should always encode
@@ -745,7 +752,7 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
                 self._put(sub, _Abort(grpc.StatusCode.INTERNAL, str(exc)))
                 return
             encoded = (template, _digest(template))
-            self._encoded[(type_url, namespace)] = encoded
+            self._encoded[(type_url, audience)] = encoded
         template, digest = encoded
         state = sub.types.setdefault(type_url, _TypeState())
         if only_if_changed and state.sent_digest == digest:
@@ -758,6 +765,18 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
         if counter is None:
             counter = self._push_counters[kind] = self._pushes.labels(type=kind)
         counter.inc()
+
+    def _audience(self, config: Config, node: NodeIdentity) -> str:
+        """Who sees the same resources (lock held): the namespace (exportTo) and the
+        Sidecar that scopes the node's imports."""
+        key = (node.namespace, tuple(sorted(node.labels.items())))
+        audience = self._audiences.get(key)
+        if audience is None:
+            sidecar = sidecar_for(config, node.namespace, node.labels)
+            audience = node.namespace + ("" if sidecar is None else
+                                         f"|{sidecar.namespace}/{sidecar.name}")
+            self._audiences[key] = audience
+        return audience
 
     def _send_marker(self, sub: _Subscriber) -> None:
         """Queue the snapshot marker: the version of every type ``sub`` holds (lock held)."""

@@ -420,3 +420,24 @@ def test_with_the_marker_only_changed_types_are_pushed(
     assert read_snapshot(marker)[type_url_of("VirtualService")] == push.version_info
     with pytest.raises(queue.Empty):  # nothing else follows
         watcher.inbox.get(timeout=0.3)
+
+
+def test_a_sidecar_scopes_what_its_workloads_receive(
+        store: ConfigStore, config_dir: Path, connect: Callable[[], Client]) -> None:
+    (config_dir / "sidecar.yaml").write_text("""\
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: productpage, namespace: default}
+spec:
+  workloadSelector: {labels: {app: productpage}}
+  egress: [{hosts: ["istio-system/*"]}]
+""")
+    wait_for(lambda: len(store.current.config.of_kind("Sidecar")) == 1, "the Sidecar")
+    scoped = connect().subscribe_all(DEFAULT_NODE)
+    assert names(scoped[type_url_of("VirtualService")]) == []
+    assert names(scoped[type_url_of("DestinationRule")]) == []
+    assert names(scoped[type_url_of("Sidecar")]) == ["default/productpage"]
+    other = NodeIdentity(ip="127.0.0.3", name="reviews-v1", namespace="default",
+                         labels={"app": "reviews"})
+    unscoped = connect().subscribe_all(other)
+    assert names(unscoped[type_url_of("VirtualService")]) == ["default/reviews"]
