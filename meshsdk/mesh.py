@@ -178,14 +178,41 @@ class Mesh:
         path, _, query = raw.partition("?")
         items = request.headers.multi_items()  # decoded once, read three times
         authority = header_value(items, "host") or url.netloc.decode("ascii", "replace")
+        return self._start(state, request.method, url.scheme, authority, raw, path, query,
+                           items, replayable(request, items), _deadline_now(self._clock))
+
+    def start_call(self, method: str, scheme: str, authority: str, target: str,
+                   headers: list[tuple[str, str]], *, replayable: bool = True,
+                   timeout: float | None = None
+                   ) -> tuple[Generator[Effect, AttemptResult | None, CallResult],
+                              OutboundCall | None]:
+        """The call flow and telemetry of one outbound call, for drivers that are not
+        httpx (the gRPC channel): ``target`` is the path with its query, ``headers``
+        lower-case pairs (telemetry adds the trace headers and ``x-request-id`` to the
+        list in place), ``timeout`` the caller's own limit in seconds; the smaller of
+        it and the inbound deadline caps the call. The driver runs the generator as
+        :class:`~meshsdk.transport.sync.MeshTransport` does."""
+        state = self._state
+        path, _, query = target.partition("?")
+        deadline = _deadline_now(self._clock)
+        if timeout is not None:
+            own = self._clock() + max(timeout, 0.0)
+            deadline = own if deadline is None else min(deadline, own)
+        return self._start(state, method, scheme, authority, target, path, query, headers,
+                           replayable, deadline)
+
+    def _start(self, state: _State, method: str, scheme: str, authority: str, raw: str,
+               path: str, query: str, items: list[tuple[str, str]], replay: bool,
+               deadline: float | None
+               ) -> tuple[Generator[Effect, AttemptResult | None, CallResult],
+                          OutboundCall | None]:
         call = None
         if self.telemetry is not None:  # trace headers and x-request-id join the request
-            call = self.telemetry.outbound(request.method, url.scheme, authority, raw, items)
-        view = RequestView.build(request.method, url.scheme, authority, path, query,
+            call = self.telemetry.outbound(method, scheme, authority, raw, items)
+        view = RequestView.build(method, scheme, authority, path, query,
                                  items, source=self.workload)
         ctx = CallContext(view, state.snapshot, state.view, self._clusters, self._clock,
-                          self._rng, replayable=replayable(request, items),
-                          deadline=_deadline_now(self._clock),
+                          self._rng, replayable=replay, deadline=deadline,
                           identity=self.identity is not None)
         return call_flow(ctx), call
 
@@ -203,7 +230,8 @@ class Mesh:
                 cache_dir: str | os.PathLike[str] | None = None, wait: float = 5.0,
                 register: bool = False, ip: str | None = None,
                 ports: Mapping[str, int] | None = None, **mesh_options: Any) -> Mesh:
-        """A mesh fed by the config service at ``address`` (``host:port``, ADS over gRPC).
+        """A mesh fed by the config service at ``address`` (``host:port``, ADS over gRPC;
+        several replicas as ``host:port,host:port``, tried in turn when one goes away).
 
         Starts on an empty config and waits up to ``wait`` seconds for a first version
         from the server (or, if it is unreachable, the on-disk cache in ``cache_dir``);
@@ -220,6 +248,14 @@ class Mesh:
         mesh._config_client.start()
         mesh._config_client.wait_ready(wait)
         return mesh
+
+    def report_ready(self, ready: bool = True, message: str = "") -> None:
+        """Tell the config service whether this workload is ready (a mesh made by
+        :meth:`connect` with ``register=True``): while not ready, other meshes do not
+        route to its registered endpoint (Istio's workload health checks)."""
+        if self._config_client is None:
+            raise UsageError("report_ready() is for a mesh made by Mesh.connect")
+        self._config_client.report_ready(ready, message)
 
     def status(self) -> ClientStatus:
         """The config service link of a mesh made by :meth:`connect` (UsageError otherwise)."""

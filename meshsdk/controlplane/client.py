@@ -44,6 +44,7 @@ from meshsdk.controlplane.wire import (
     ack_request,
     config_for,
     decode_response,
+    health_request,
     nack_request,
     read_snapshot,
     resource_document,
@@ -177,6 +178,8 @@ class ConfigClient:
         self._source: Source | None = None
         self._last_error: str | None = None
         self._last_change: float | None = None
+        self._health: tuple[bool, str] | None = None    # the last readiness reported
+        self._outbox: queue.Queue[ProtoMessage] | None = None
 
     # -- public ------------------------------------------------------------------------
 
@@ -196,6 +199,16 @@ class ConfigClient:
         with self._lock:
             return ClientStatus(self._connected, self._version, self._source,
                                 self._last_error, self._last_change, self._address)
+
+    def report_ready(self, ready: bool, message: str = "") -> None:
+        """Tell the config service this workload is (not) ready to serve; while not
+        ready, its registered endpoint is not routed to. Sent now if connected, and
+        again on every reconnect."""
+        with self._lock:
+            self._health = (ready, message)
+            outbox = self._outbox
+        if outbox is not None:
+            outbox.put(health_request(ready, message))
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the stream and the thread; the mesh keeps its current config."""
@@ -244,6 +257,10 @@ class ConfigClient:
 
         for url in (*TYPE_URLS.values(), SNAPSHOT_TYPE_URL):
             outbox.put(subscribe_request(url, node=self._node, version_info=self._version or ""))
+        with self._lock:
+            self._outbox = outbox
+            if self._health is not None:
+                outbox.put(health_request(*self._health))
         held: dict[str, Any] = {}    # the latest response of each type
         fresh: dict[str, Any] = {}   # responses not yet ACKed or NACKed
         marked = False               # the server sends snapshot markers
@@ -288,6 +305,8 @@ class ConfigClient:
                 self._set_error(f"config service {self._address}: {_rpc_text(exc)}")
         finally:
             done.set()
+            with self._lock:
+                self._outbox = None
             self._call = None
             channel.close()
         return answered

@@ -479,6 +479,8 @@ class RegistryRecord:
     connection_id: str
     registered_at: float
     disconnected_since: float | None = None
+    ready: bool = True
+    health: str = ""
 
     def encode(self) -> bytes:
         """The stored bytes (canonical JSON, so compare-and-swap compares content)."""
@@ -492,7 +494,8 @@ class RegistryRecord:
             return cls(dict(raw["document"]), str(raw["node_id"]), str(raw["owner"]),
                        str(raw["connection_id"]), float(raw["registered_at"]),
                        None if raw.get("disconnected_since") is None
-                       else float(raw["disconnected_since"]))
+                       else float(raw["disconnected_since"]),
+                       bool(raw.get("ready", True)), str(raw.get("health") or ""))
         except (ValueError, KeyError, TypeError) as exc:
             raise EtcdError(f"not a registry record: {exc!r}") from None
 

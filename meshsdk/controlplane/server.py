@@ -99,7 +99,8 @@ from meshsdk.controlplane.filestore import ConfigStore, Debouncer
 from meshsdk.controlplane.loop import LoopThread
 from meshsdk.controlplane.wire import (
     SNAPSHOT_TYPE_URL,
-    Ack,
+    ClientMessage,
+    Health,
     Nack,
     NodeIdentity,
     ProtoMessage,
@@ -221,6 +222,8 @@ class _Subscriber:
     types: dict[str, _TypeState] = field(default_factory=dict)
     sent_version: str = ""       # the version of the latest response queued
     marked: bool = False         # subscribed to the snapshot marker: changed types only
+    ready: bool = True           # the workload's last readiness report
+    health: str = ""
     acked_version: str = ""
     last_nack: _NackRecord | None = None
     disconnected_at: float | None = None
@@ -264,6 +267,8 @@ class _Registration:
     disconnected_since: float | None = None
     owner: str = ""                       # the replica holding the stream (shared registry)
     record: RegistryRecord | None = None  # as stored in etcd (shared registry)
+    ready: bool = True                    # reported by the workload; unready: not served
+    health: str = ""                      # why not ready
 
     def describe(self) -> dict[str, Any]:
         """The registryz entry (JSON-compatible)."""
@@ -279,6 +284,8 @@ class _Registration:
             "registered_at": _iso(self.registered_at),
             "replica": self.owner or None,
             "state": "connected" if self.disconnected_since is None else "disconnected",
+            "ready": self.ready,
+            "health": self.health or None,
             "connection_id": self.connection_id,
             "disconnected_since": None if self.disconnected_since is None
             else _iso(self.disconnected_since),
@@ -505,7 +512,7 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
         if self._registry:
             taken = {r.key for r in store.resources}
             extra = [g.resource for g in self._registry.values()
-                     if g.resource.key not in taken]
+                     if g.ready and g.resource.key not in taken]
             try:
                 config = self._merge(store, extra)
             except ConfigError as exc:  # registrations are checked when made
@@ -547,10 +554,11 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
         A hash of the content, not a counter, so replicas sharing one registry through
         etcd name the same registry state alike and a subscriber that fails over to
         another replica finds its version unchanged."""
-        if not self._registry:
+        served = sorted(k for k, g in self._registry.items() if g.ready)
+        if not served:
             return ""
         digest = hashlib.sha256()
-        for key in sorted(self._registry):
+        for key in served:
             digest.update(json.dumps(resource_document(self._registry[key].resource),
                                      sort_keys=True).encode())
         return "+r" + digest.hexdigest()[:12]
@@ -591,6 +599,7 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
                 resource_document(resource):
             current.connection_id, current.node_id = sub.connection_id, node.node_id
             current.disconnected_since = None
+            current.ready, current.health = sub.ready, sub.health
             self._claim(key, current)
             log.info("%s re-attached to %s", ref, sub.connection_id)
             return
@@ -602,7 +611,7 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
                 log.warning("registration of %s by %s refused: %s", ref, node.node_id, exc)
                 return
         registration = _Registration(resource, node.node_id, sub.connection_id,
-                                     self._clock())
+                                     self._clock(), ready=sub.ready, health=sub.health)
         self._registry[key] = registration
         self._claim(key, registration)
         log.info("registered %s for %s", ref, node.node_id)
@@ -619,7 +628,7 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
         reg.owner = self.replica
         reg.record = RegistryRecord(resource_document(reg.resource), reg.node_id,
                                     self.replica, reg.connection_id, reg.registered_at,
-                                    reg.disconnected_since)
+                                    reg.disconnected_since, reg.ready, reg.health)
         self._shared.claim(registry_key(*key), reg.record)
         self._pending[key] = (self._clock(), reg)
 
@@ -636,6 +645,28 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
                     # only if no other replica claimed it meanwhile
                     self._shared.replace(registry_key(*key), old, reg.record)
 
+    def _report_health(self, sub: _Subscriber, report: Health) -> None:
+        """The workload says it is (not) ready: its entries are served only when ready
+        (Istio's workload health, lock held)."""
+        sub.ready, sub.health = report.ready, report.message
+        changed = False
+        for key, reg in self._registry.items():
+            if reg.connection_id != sub.connection_id or \
+                    (reg.ready, reg.health) == (report.ready, report.message):
+                continue
+            reg.ready, reg.health = report.ready, report.message
+            changed = True
+            log.info("%s/%s is %s%s", *key, "ready" if reg.ready else "not ready",
+                     f": {reg.health}" if reg.health else "")
+            if self._shared is not None and reg.record is not None:
+                from meshsdk.controlplane.etcd import registry_key
+                old = reg.record
+                reg.record = dataclasses.replace(old, ready=reg.ready, health=reg.health)
+                self._shared.replace(registry_key(*key), old, reg.record)
+                self._pending[key] = (self._clock(), reg)
+        if changed:
+            self._registry_changed()
+
     def _on_shared(self, records: dict[str, RegistryRecord]) -> None:
         """The shared registry changed (any replica): serve what etcd holds."""
         view: dict[tuple[str, str], _Registration] = {}
@@ -646,7 +677,8 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
             mine = rec.owner == self.replica
             view[(resource.namespace, resource.name)] = _Registration(
                 resource, rec.node_id, rec.connection_id if mine else None,
-                rec.registered_at, rec.disconnected_since, rec.owner, rec)
+                rec.registered_at, rec.disconnected_since, rec.owner, rec, rec.ready,
+                rec.health)
         with self._lock:
             now = self._clock()
             for key, (at, reg) in list(self._pending.items()):
@@ -867,7 +899,7 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
             log.debug("stream %s ended: %r", sub.connection_id, exc)
         self._put(sub, None)
 
-    def _handle(self, sub: _Subscriber, message: Subscribe | Ack | Nack) -> str | None:
+    def _handle(self, sub: _Subscriber, message: ClientMessage) -> str | None:
         """Apply one request (lock held); return an error to end the stream with."""
         if sub.node is None:
             if message.node is None:
@@ -876,6 +908,9 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
             log.info("subscriber %s is %s", sub.connection_id, sub.node.node_id)
             if sub.node.auto_register:
                 self._register(sub, sub.node)
+        if isinstance(message, Health):
+            self._report_health(sub, message)
+            return None
         if isinstance(message, Subscribe):
             if message.type_url == SNAPSHOT_TYPE_URL:
                 sub.marked = True

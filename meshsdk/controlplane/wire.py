@@ -627,7 +627,31 @@ class Nack:
     code: int
 
 
-ClientMessage: TypeAlias = Subscribe | Ack | Nack
+@dataclass(frozen=True, slots=True)
+class Health:
+    """The workload reports its readiness (Istio's ``istio.io/health`` request): an
+    ``error_detail`` means not ready, with why."""
+
+    ready: bool
+    message: str
+    node: NodeIdentity | None
+
+
+UNAVAILABLE: Final = 14
+"""google.rpc.Code UNAVAILABLE: the code of a not-ready report."""
+HEALTH_TYPE_URL: Final = "istio.io/health"
+"""The type URL of readiness reports, as Istio's agent sends them to istiod."""
+
+
+def health_request(ready: bool, message: str = "", *,
+                   node: NodeIdentity | None = None) -> ProtoMessage:
+    """A readiness report: ready, or not ready with ``message`` as the reason."""
+    status = None if ready else status_pb2.Status(code=UNAVAILABLE,
+                                                  message=message or "not ready")
+    return _request(HEALTH_TYPE_URL, (), node, "", "", status)
+
+
+ClientMessage: TypeAlias = Subscribe | Ack | Nack | Health
 """What a DiscoveryRequest means to the server."""
 
 
@@ -639,10 +663,14 @@ def parse_request(message: ProtoMessage) -> ClientMessage:
     """
     pb: Any = message
     type_url: str = pb.type_url
+    node = _parse_node(pb.node) if pb.HasField("node") else None
+    if type_url == HEALTH_TYPE_URL:
+        if pb.HasField("error_detail"):
+            return Health(False, str(pb.error_detail.message), node)
+        return Health(True, "", node)
     if type_url != SNAPSHOT_TYPE_URL:
         kind_of(type_url)
     names = tuple(str(n) for n in pb.resource_names)
-    node = _parse_node(pb.node) if pb.HasField("node") else None
     version: str = pb.version_info
     nonce: str = pb.response_nonce
     if pb.HasField("error_detail"):
@@ -655,6 +683,7 @@ def parse_request(message: ProtoMessage) -> ClientMessage:
 
 
 __all__ = [
+    "HEALTH_TYPE_URL",
     "INVALID_ARGUMENT",
     "RESOURCE_TYPE_URL",
     "SNAPSHOT_TYPE_URL",
@@ -662,6 +691,7 @@ __all__ = [
     "TYPE_URLS",
     "Ack",
     "ClientMessage",
+    "Health",
     "Nack",
     "NodeIdentity",
     "ProtoMessage",
@@ -676,6 +706,7 @@ __all__ = [
     "decode_response",
     "discovery_response",
     "encode_resource",
+    "health_request",
     "kind_of",
     "nack_request",
     "parse_request",

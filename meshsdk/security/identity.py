@@ -331,6 +331,12 @@ class WorkloadIdentity:
         """The current trust bundle, PEM (several roots during a root rotation)."""
         return self._creds.material.roots_pem
 
+    def pem_credentials(self) -> tuple[bytes, bytes, bytes]:
+        """The current private key, certificate chain and trust bundle as PEM, taken
+        together (one generation), for TLS stacks that load PEM themselves (gRPC)."""
+        material = self._creds.material
+        return material.key_pem, material.chain_pem, material.roots_pem
+
     @property
     def expires_at(self) -> float:
         """``notAfter`` of the current certificate, epoch seconds."""

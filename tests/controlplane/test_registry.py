@@ -17,6 +17,7 @@ import pytest
 from meshsdk.controlplane.filestore import ConfigStore
 from meshsdk.controlplane.server import ConfigServer, DebugServer
 from meshsdk.controlplane.wire import TYPE_URLS, NodeIdentity, parse_request, subscribe_request
+from meshsdk.errors import UsageError
 from meshsdk.mesh import Mesh
 from meshsdk.testing.upstream import Upstream, respond
 from meshsdk.workload import Workload
@@ -193,3 +194,35 @@ def test_auto_register_travels_in_the_node_metadata() -> None:
     plain = NodeIdentity("10.0.0.7", "ratings-v1")
     again = parse_request(subscribe_request(url, node=plain)).node
     assert again is not None and not again.auto_register
+
+
+def test_a_workload_reporting_not_ready_is_not_routed_to_until_ready_again(
+        tmp_path: Path, config_dir: Path, upstream: Upstream) -> None:
+    with ConfigStore(config_dir).start() as store, \
+            ConfigServer(store, port=0) as server:
+        address = f"127.0.0.1:{server.port}"
+        caller = Mesh.connect(address, Workload("productpage-v1", "default", {"app": "pp"}),
+                              cache_dir=tmp_path / "pp", telemetry=False)
+        ratings = Mesh.connect(address, Workload("ratings-v1", "default", {"app": "ratings"}),
+                               register=True, ip="127.0.0.1", ports={"http": upstream.port},
+                               cache_dir=tmp_path / "ratings", telemetry=False)
+        try:
+            assert _until(lambda: _status_of(caller) if _status_of(caller)[0] == 200
+                          else None, 3.0, "routing") == (200, "ratings-v1")
+
+            ratings.report_ready(False, "draining")
+            assert _until(lambda: _status_of(caller) if _status_of(caller)[0] == 503
+                          else None, 3.0, "the endpoint to go") == (503, "no healthy upstream")
+            [entry] = server.registryz()
+            assert (entry["ready"], entry["health"], entry["state"]) == \
+                (False, "draining", "connected")
+
+            ratings.report_ready(True)
+            assert _until(lambda: _status_of(caller) if _status_of(caller)[0] == 200
+                          else None, 3.0, "the endpoint to come back") == (200, "ratings-v1")
+            assert server.registryz()[0]["ready"] is True
+        finally:
+            ratings.close()
+            caller.close()
+    with pytest.raises(UsageError):
+        Mesh(store.current.config).report_ready(False)

@@ -363,3 +363,12 @@ def test_grpc_stream_round_trip(bookinfo: list[Resource]) -> None:
     finally:
         channel.close()
         server.stop(grace=None)
+
+
+def test_health_reports_parse_as_istio_sends_them() -> None:
+    from meshsdk.controlplane.wire import HEALTH_TYPE_URL, Health, health_request
+    down = health_request(False, "draining")
+    assert down.type_url == HEALTH_TYPE_URL
+    assert parse_request(down) == Health(False, "draining", None)
+    assert parse_request(health_request(True)) == Health(True, "", None)
+    assert parse_request(health_request(False)) == Health(False, "not ready", None)
