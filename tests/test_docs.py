@@ -50,7 +50,7 @@ def _python_blocks(path: Path) -> list[str]:
 
 @pytest.mark.parametrize("doc", ["README.md", "docs/getting-started.md", "docs/data-path.md",
                                  "docs/observability.md", "docs/security.md",
-                                 "docs/controlplane.md"])
+                                 "docs/controlplane.md", "docs/inbound.md"])
 def test_python_examples_in_docs_run(doc: str) -> None:
     blocks = _python_blocks(ROOT / doc)
     assert blocks, f"{doc} has no python example"

@@ -1,0 +1,184 @@
+"""The mesh's inbound side for any ASGI app: :class:`MeshASGIMiddleware`.
+
+    app = MeshASGIMiddleware(app, mesh)
+
+For each ``http`` request it asks :class:`~meshsdk.inbound.handler.InboundHandler`
+(identity, PeerAuthentication, JWT, AuthorizationPolicy, telemetry) and either answers
+the denial itself or runs the app inside the request's trace context and deadline,
+counting the bytes of the (possibly streamed) response. ``websocket`` connections get
+the same security check (a denial closes before accepting, which servers answer with
+403) but no metrics; ``lifespan`` and other scopes pass through untouched.
+
+The peer certificate comes from the ASGI TLS extension
+(``scope["extensions"]["tls"]["client_cert_chain"]``, leaf first, PEM), which
+:func:`meshsdk.inbound.servers.uvicorn_config` adds for uvicorn. Framework plugins name
+the route after routing with :func:`~meshsdk.inbound.handler.set_route` or by setting
+``scope["meshsdk.route"]`` before the response starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+from meshsdk.inbound.handler import InboundHandler, InboundRequest
+from meshsdk.mesh import Mesh
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+ROUTE_KEY = "meshsdk.route"
+"""Scope key a framework plugin may fill with the route template (``/users/{id}``)."""
+REQUEST_KEY = "meshsdk.request"
+"""Scope key under which the app finds its :class:`InboundRequest`."""
+
+
+def _latin1(value: bytes) -> str:
+    return value.decode("latin-1")
+
+
+def scope_facts(scope: Scope) -> dict[str, Any]:
+    """What the handler needs from an ASGI scope (keyword arguments of ``start``)."""
+    headers = [(_latin1(k).lower(), _latin1(v)) for k, v in scope.get("headers", ())]
+    authority = next((v for k, v in headers if k == "host"), None)
+    server = scope.get("server")
+    scheme = scope.get("scheme") or "http"
+    if scheme in ("ws", "wss"):
+        scheme = "https" if scheme == "wss" else "http"
+    if authority is None:
+        authority = f"{server[0]}:{server[1]}" if server else "unknown"
+    raw = scope.get("raw_path")
+    path = _latin1(raw) if raw else scope.get("path", "/")
+    query = scope.get("query_string", b"")
+    if query:
+        path = f"{path}?{_latin1(query)}"
+    tls = (scope.get("extensions") or {}).get("tls") or {}
+    chain: Iterable[str] = tls.get("client_cert_chain") or ()
+    leaf = next(iter(chain), None)
+    client = scope.get("client")
+    return {"method": scope.get("method", "GET"), "scheme": scheme, "authority": authority,
+            "path": path, "headers": headers,
+            "client": tuple(client) if client else None,
+            "server": tuple(server) if server else None,
+            "peer_certificate": leaf, "server_name": tls.get("server_name")}
+
+
+def _app_scope(scope: Scope, request: InboundRequest) -> Scope:
+    """The scope the app sees: the policy's header changes and new query applied."""
+    if not request.headers_changed and request.query is None:
+        return scope
+    new = dict(scope)
+    if request.headers_changed:
+        removed = {n.encode("latin-1") for n in request.removed}
+        headers = [(k, v) for k, v in scope.get("headers", ()) if k.lower() not in removed]
+        headers.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in request.added)
+        new["headers"] = headers
+    if request.query is not None:
+        new["query_string"] = request.query.encode("latin-1")
+    return new
+
+
+class MeshASGIMiddleware:
+    """Mesh inbound policy and telemetry around an ASGI app.
+
+    Give a ``mesh`` (options go to :class:`InboundHandler`: ``port``,
+    ``trusted_proxies``, ``jwks``, ``audit``, ``custom``...) or a ready ``handler``.
+    """
+
+    def __init__(self, app: ASGIApp, mesh: Mesh | None = None, *,
+                 handler: InboundHandler | None = None, **options: Any) -> None:
+        if handler is None:
+            if mesh is None:
+                raise TypeError("MeshASGIMiddleware needs a mesh or a handler")
+            handler = InboundHandler(mesh, **options)
+        self.app = app
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope.get("type")
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await self._websocket(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = await self.handler.start_async(**scope_facts(scope))
+        if not request.allowed:
+            assert request.status is not None
+            await send({"type": "http.response.start", "status": request.status,
+                        "headers": [(k.encode("latin-1"), v.encode("latin-1"))
+                                    for k, v in request.response_headers]})
+            await send({"type": "http.response.body", "body": request.body})
+            request.finish(request.status, request.response_headers, len(request.body))
+            return
+        app_scope = _app_scope(scope, request)
+        app_scope[REQUEST_KEY] = request
+        status = 0
+        head: list[tuple[str, str]] = []
+        sent = 0
+        received = 0
+        extra = [(k.encode("latin-1"), v.encode("latin-1"))
+                 for k, v in request.response_headers]
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message.get("type") == "http.request":
+                received += len(message.get("body", b""))
+            return message
+
+        async def counting_send(message: Message) -> None:
+            nonlocal status, head, sent
+            kind = message.get("type")
+            if kind == "http.response.start":
+                status = int(message["status"])
+                raw = list(message.get("headers", ()))
+                if extra:
+                    message = {**message, "headers": [*raw, *extra]}
+                    raw = [*raw, *extra]
+                head = [(_latin1(k).lower(), _latin1(v)) for k, v in raw]
+                route = app_scope.get(ROUTE_KEY)
+                if route and not request.route:
+                    request.route = str(route)
+            elif kind == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+            if kind == "http.response.body" and not message.get("more_body", False):
+                request.finish(status, head, sent, bytes_received=received)
+
+        try:
+            with request:
+                await self.app(app_scope, counting_receive, counting_send)
+        except BaseException:
+            # the server answers 500 when nothing was sent yet; a started response
+            # is cut short (the client sees a reset)
+            request.finish(500 if status == 0 else status, head, sent,
+                           bytes_received=received, flags="-" if status == 0 else "DC")
+            raise
+        if not request.finished:  # the app returned without finishing its response
+            request.finish(status, head, sent, bytes_received=received,
+                           flags="-" if status else "DC")
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = await self.handler.start_async(**scope_facts(scope))
+        if not request.allowed:
+            message = await receive()  # websocket.connect
+            if message.get("type") == "websocket.connect":
+                await send({"type": "websocket.close", "code": 1008})
+            request.finish(request.status or 403)
+            return
+        app_scope = _app_scope(scope, request)
+        app_scope[REQUEST_KEY] = request
+        try:
+            with request:
+                await self.app(app_scope, receive, send)
+        finally:
+            request.finish(101)
+
+
+__all__ = ["REQUEST_KEY", "ROUTE_KEY", "MeshASGIMiddleware", "scope_facts"]

@@ -1,0 +1,502 @@
+"""One inbound request, protocol-neutral: the only place inbound decisions are combined.
+
+Every inbound driver (the generic WSGI and ASGI middlewares, the framework plugins built
+on them, later the sidecar's inbound listener) turns its request into the same few
+facts — method, scheme, authority, path, headers, addresses, the peer's verified
+certificate — and asks :class:`InboundHandler` for an :class:`InboundRequest`:
+
+1. **identity**: the peer's SPIFFE ID from the mTLS handshake the server did, or from
+   ``X-Forwarded-Client-Cert`` when the connection comes from a trusted sidecar
+   address (the header is removed from every other request);
+2. **PeerAuthentication**: a STRICT port refuses a request without a verified peer;
+3. **telemetry**: the server span (W3C/B3 parent), ``x-request-id``, later the
+   ``reporter=destination`` metrics and access log (:meth:`Telemetry.inbound`);
+4. **RequestAuthentication** then **AuthorizationPolicy** (:class:`InboundSecurity`):
+   401/403 with Envoy's local-reply bodies, or the header changes to forward;
+5. ``with request:`` around the app makes the trace context, the request id and the
+   caller's deadline (``x-envoy-expected-rq-timeout-ms`` / ``grpc-timeout``) current,
+   so ``mesh.client()`` calls inside continue the trace and are capped in time;
+6. :meth:`InboundRequest.finish` records the outcome once.
+
+Sync and async share every step; only the security check (which may fetch a JWKS or
+ask an external authorizer) runs in a worker thread on the async path, and only when
+the workload's policies can do I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import ipaddress
+import logging
+from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from functools import lru_cache
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from cryptography import x509
+
+from meshsdk.config.snapshot import Snapshot
+from meshsdk.deadline import ENVOY_TIMEOUT_HEADER, GRPC_TIMEOUT_HEADER, deadline_scope
+from meshsdk.deadline import timeout_from_headers as _timeout_from
+from meshsdk.inbound.xfcc import HEADER as XFCC_HEADER
+from meshsdk.inbound.xfcc import xfcc_peer
+from meshsdk.security.errors import SecurityError
+from meshsdk.security.inbound import InboundDecision, InboundSecurity
+from meshsdk.security.peer_authn import Mode
+from meshsdk.security.spiffe import parse_spiffe_id, spiffe_ids_of
+from meshsdk.telemetry.propagation import REQUEST_ID
+from meshsdk.telemetry.record import Peer
+
+if TYPE_CHECKING:
+    from meshsdk.mesh import Mesh
+    from meshsdk.security.audit import AuditLog
+    from meshsdk.security.authz import CustomCheck
+    from meshsdk.security.jwks import JwksCache
+    from meshsdk.telemetry.recorder import InboundCall
+
+log = logging.getLogger("meshsdk.inbound")
+
+PeerCertificate = bytes | str | x509.Certificate
+"""The client certificate the server verified: DER bytes, PEM text or a parsed one."""
+
+RESET_BODY = (b"upstream connect error or disconnect/reset before headers. "
+              b"reset reason: connection termination")
+"""What an Envoy caller gets when a STRICT server drops its plaintext connection; the
+answer to a request that reached a STRICT port without a verified peer."""
+
+_current: contextvars.ContextVar[InboundRequest | None] = contextvars.ContextVar(
+    "meshsdk_inbound_request", default=None)
+
+
+def current_request() -> InboundRequest | None:
+    """The inbound request being handled in this context (inside ``with request:``)."""
+    return _current.get()
+
+
+def set_route(route: str) -> bool:
+    """Name the current request's route (a template such as ``/users/{id}``) for its
+    server span; for framework plugins after routing. False when no request is current.
+    The name never becomes a metric label (unbounded cardinality)."""
+    request = _current.get()
+    if request is None:
+        return False
+    request.route = route
+    return True
+
+
+@lru_cache(maxsize=1024)
+def _spiffe_of(cert: bytes | str) -> str | None:
+    """The one SPIFFE ID of a DER/PEM certificate (cached: a connection's requests all
+    present the same one); None when it has none or several (not an X.509-SVID)."""
+    try:
+        parsed = (x509.load_der_x509_certificate(cert) if isinstance(cert, bytes)
+                  else x509.load_pem_x509_certificate(cert.encode("ascii")))
+    except ValueError:
+        return None
+    return _one_spiffe(parsed)
+
+
+def _one_spiffe(cert: x509.Certificate) -> str | None:
+    ids = spiffe_ids_of(cert)
+    if len(ids) != 1:
+        return None
+    try:
+        return parse_spiffe_id(ids[0]).uri
+    except SecurityError:
+        return None
+
+
+def peer_from_certificate(cert: PeerCertificate | None) -> str | None:
+    """The SPIFFE ID of a client certificate the server verified (None if it has none)."""
+    if cert is None:
+        return None
+    if isinstance(cert, x509.Certificate):
+        return _one_spiffe(cert)
+    return _spiffe_of(cert)
+
+
+def _split_address(address: tuple[str, int] | str | None) -> tuple[str | None, int | None]:
+    if address is None:
+        return None, None
+    if isinstance(address, tuple):
+        return str(address[0]), int(address[1]) if address[1] is not None else None
+    return address, None
+
+
+def _join_address(ip: str | None, port: int | None) -> str | None:
+    if ip is None:
+        return None
+    host = f"[{ip}]" if ":" in ip else ip
+    return f"{host}:{port}" if port is not None else ip
+
+
+class _Trusted:
+    """Sidecar addresses (IPs or CIDRs) whose XFCC header is believed."""
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self.networks = tuple(ipaddress.ip_network(e, strict=False) for e in entries)
+
+    def __contains__(self, ip: str | None) -> bool:
+        if ip is None or not self.networks:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.networks)
+
+
+@dataclass(slots=True)
+class _Security:
+    """The InboundSecurity compiled for one snapshot."""
+
+    snapshot: Snapshot
+    security: InboundSecurity
+    may_block: bool
+
+
+class InboundHandler:
+    """Turns inbound requests into :class:`InboundRequest` objects for one mesh workload.
+
+    ``port`` is the workload port whose PeerAuthentication mode applies (default: the
+    local port of each connection). ``trusted_proxies`` are the addresses (IPs or
+    CIDRs) of sidecars whose ``X-Forwarded-Client-Cert`` is believed; none by default.
+    ``jwks``, ``audit``, ``custom`` go to :class:`InboundSecurity` (a JWKS cache, the
+    audit log, the CUSTOM authorizer). Policies follow ``mesh.update()``: they are
+    recompiled when the mesh's snapshot changes. Thread-safe; one per app.
+    """
+
+    def __init__(self, mesh: Mesh, *, port: int | None = None,
+                 trusted_proxies: Iterable[str] = (), jwks: JwksCache | None = None,
+                 audit: AuditLog | None = None, custom: CustomCheck | None = None,
+                 workload_kind: str = "", workload_name: str = "") -> None:
+        self.mesh = mesh
+        self.port = port
+        self.trusted = _Trusted(trusted_proxies)
+        self._jwks = jwks
+        self._audit = audit
+        self._custom = custom
+        self._kind = workload_kind
+        self._name = workload_name
+        self._compiled: _Security | None = None
+
+    # -- policy ----------------------------------------------------------------------
+
+    def _security(self) -> _Security:
+        snapshot = self.mesh.snapshot
+        compiled = self._compiled
+        if compiled is None or compiled.snapshot is not snapshot:
+            security = InboundSecurity(snapshot.config, snapshot.mesh, self.mesh.workload,
+                                       jwks=self._jwks, audit=self._audit,
+                                       custom=self._custom, workload_kind=self._kind,
+                                       workload_name=self._name)
+            may_block = (any(rule.inline_keys is None for rule in security.jwt.rules)
+                         or any(p.action == "CUSTOM" for p in security.authorizer.policies))
+            compiled = self._compiled = _Security(snapshot, security, may_block)
+        return compiled
+
+    @property
+    def security(self) -> InboundSecurity:
+        """The policies in force (recompiled after ``mesh.update``)."""
+        return self._security().security
+
+    def mode_for(self, port: int | None = None) -> Mode:
+        """The PeerAuthentication mode of ``port`` (default: this handler's port; with
+        neither, the workload-wide mode)."""
+        port = port if port is not None else self.port
+        policy = self.security.mtls
+        return policy.mode_for(port) if port is not None else policy.mode
+
+    # -- requests --------------------------------------------------------------------
+
+    def start(self, method: str, scheme: str, authority: str, path: str,
+              headers: Sequence[tuple[str, str]], *,
+              client: tuple[str, int] | str | None = None,
+              server: tuple[str, int] | str | None = None,
+              peer_certificate: PeerCertificate | None = None, peer: str | None = None,
+              server_name: str | None = None, route: str | None = None) -> InboundRequest:
+        """Authenticate, authorize and start recording one request.
+
+        ``headers`` have lower-case names; ``path`` carries the query string.
+        ``client``/``server`` are the connection's remote and local ``(ip, port)``.
+        ``peer_certificate`` is the client certificate the server's TLS handshake
+        verified (None over plaintext); ``peer`` a SPIFFE ID already extracted
+        (wins over the certificate). ``route`` names the server span.
+        """
+        pending = self._begin(method, scheme, authority, path, headers, client, server,
+                              peer_certificate, peer, server_name, route)
+        if pending.refused:
+            return self._complete(pending, None)
+        try:
+            decision = self._check(pending)
+        except BaseException:
+            pending.abort()
+            raise
+        return self._complete(pending, decision)
+
+    async def start_async(self, method: str, scheme: str, authority: str, path: str,
+                          headers: Sequence[tuple[str, str]], *,
+                          client: tuple[str, int] | str | None = None,
+                          server: tuple[str, int] | str | None = None,
+                          peer_certificate: PeerCertificate | None = None,
+                          peer: str | None = None, server_name: str | None = None,
+                          route: str | None = None) -> InboundRequest:
+        """:meth:`start` for event loops: the security check runs in a worker thread
+        when the policies can do I/O (JWKS download, CUSTOM authorizer)."""
+        pending = self._begin(method, scheme, authority, path, headers, client, server,
+                              peer_certificate, peer, server_name, route)
+        if pending.refused:
+            return self._complete(pending, None)
+        try:
+            if pending.security.may_block:
+                decision = await asyncio.to_thread(self._check, pending)
+            else:
+                decision = self._check(pending)
+        except BaseException:
+            pending.abort()
+            raise
+        return self._complete(pending, decision)
+
+    def _begin(self, method: str, scheme: str, authority: str, path: str,
+               headers: Sequence[tuple[str, str]],
+               client: tuple[str, int] | str | None, server: tuple[str, int] | str | None,
+               cert: PeerCertificate | None, peer: str | None, server_name: str | None,
+               route: str | None) -> _Pending:
+        compiled = self._security()
+        remote_ip, remote_port = _split_address(client)
+        local_ip, local_port = _split_address(server)
+        items = list(headers)
+        removed: list[str] = []
+        if peer is None and cert is not None:
+            peer = peer_from_certificate(cert)
+        xfcc = [v for k, v in items if k == XFCC_HEADER]
+        if xfcc:
+            if remote_ip in self.trusted:
+                if peer is None:
+                    try:
+                        peer = xfcc_peer(xfcc)
+                    except SecurityError as exc:
+                        log.warning("ignoring X-Forwarded-Client-Cert from %s: %s",
+                                    remote_ip, exc)
+            else:  # anyone can write the header: only a trusted sidecar's counts
+                items = [(k, v) for k, v in items if k != XFCC_HEADER]
+                removed.append(XFCC_HEADER)
+        port = self.port if self.port is not None else local_port
+        policy = compiled.security.mtls
+        mode = policy.mode_for(port) if port is not None else policy.mode
+        refused = mode == "STRICT" and peer is None
+        call = None
+        telemetry = self.mesh.telemetry
+        if telemetry is not None:
+            source = Peer()
+            if peer is not None:
+                spiffe = parse_spiffe_id(peer)
+                source = Peer(namespace=spiffe.namespace, principal=spiffe.uri)
+            call = telemetry.inbound(
+                method, scheme, authority, path, items, source=source,
+                remote_address=_join_address(remote_ip, remote_port),
+                local_address=_join_address(local_ip, local_port), server_name=server_name,
+                security_policy="mutual_tls" if peer is not None else "none",
+                span_name=route)
+        added: list[tuple[str, str]] = []
+        if not any(k == REQUEST_ID for k, _ in items) and call is not None:
+            added.append((REQUEST_ID, call.request_id))  # Envoy adds it for the app too
+            items.append(added[-1])
+        return _Pending(self, compiled, method, authority, path, items, removed, added,
+                        remote_ip, local_ip, port, peer, server_name, route, call, refused)
+
+    def _check(self, p: _Pending) -> InboundDecision:
+        return p.security.security.check(
+            method=p.method, host=p.authority, path=p.path, headers=p.headers, peer=p.peer,
+            source_ip=p.remote_ip, remote_ip=p.remote_ip, destination_ip=p.local_ip,
+            destination_port=p.port, sni=p.server_name)
+
+    def _complete(self, p: _Pending, decision: InboundDecision | None) -> InboundRequest:
+        first: dict[str, str] = {}
+        for name, value in p.headers:
+            if name in (ENVOY_TIMEOUT_HEADER, GRPC_TIMEOUT_HEADER):
+                first.setdefault(name, value)
+        timeout = _timeout_from(first) if first else None
+        if decision is None:  # STRICT without a verified peer
+            return InboundRequest(
+                self, allowed=False, refused=True, status=503, body=RESET_BODY,
+                response_headers=_local_reply_headers((), RESET_BODY), headers=p.headers,
+                removed=tuple(p.removed), added=tuple(p.added), query=None, peer=None,
+                decision=None, call=p.call, route=p.route, timeout=timeout)
+        if not decision.allowed:
+            body = decision.body
+            return InboundRequest(
+                self, allowed=False, refused=False, status=decision.status or 403, body=body,
+                response_headers=_local_reply_headers(decision.response_headers, body),
+                headers=p.headers, removed=tuple(p.removed), added=tuple(p.added), query=None,
+                peer=p.peer, decision=decision, call=p.call, route=p.route, timeout=timeout)
+        headers = p.headers
+        removed = list(p.removed)
+        added = list(p.added)
+        if decision.headers_to_remove or decision.headers_to_set:
+            drop = {n.lower() for n in decision.headers_to_remove}
+            drop.update(n.lower() for n, _ in decision.headers_to_set)
+            headers = [(k, v) for k, v in headers if k not in drop]
+            headers.extend((k.lower(), v) for k, v in decision.headers_to_set)
+            removed.extend(sorted(drop))
+            added = [(k, v) for k, v in added if k not in drop]
+            added.extend((k.lower(), v) for k, v in decision.headers_to_set)
+        return InboundRequest(
+            self, allowed=True, refused=False, status=None, body=b"",
+            response_headers=tuple(decision.response_headers), headers=headers,
+            removed=tuple(removed), added=tuple(added),
+            query=decision.query, peer=p.peer, decision=decision, call=p.call,
+            route=p.route, timeout=timeout)
+
+
+def _local_reply_headers(extra: Iterable[tuple[str, str]], body: bytes
+                         ) -> tuple[tuple[str, str], ...]:
+    """An Envoy local reply's head: the policy's headers, ``text/plain``, the length."""
+    out = [(k.lower(), v) for k, v in extra if k.lower() != "content-length"]
+    if not any(k == "content-type" for k, _ in out):
+        out.append(("content-type", "text/plain"))
+    out.append(("content-length", str(len(body))))
+    return tuple(out)
+
+
+@dataclass(slots=True, eq=False)
+class _Pending:
+    """A request between the telemetry start and the security verdict."""
+
+    handler: InboundHandler
+    security: _Security
+    method: str
+    authority: str
+    path: str
+    headers: list[tuple[str, str]]
+    removed: list[str]
+    added: list[tuple[str, str]]
+    remote_ip: str | None
+    local_ip: str | None
+    port: int | None
+    peer: str | None
+    server_name: str | None
+    route: str | None
+    call: InboundCall | None
+    refused: bool
+
+    def abort(self) -> None:
+        """The check itself failed: record a 500 so the request is not lost."""
+        if self.call is not None:
+            self.call.finish(500)
+
+
+class InboundRequest:
+    """The verdict on one inbound request, and its recording until :meth:`finish`.
+
+    Denied (``allowed`` False): answer ``status`` with ``body`` and
+    ``response_headers`` (Envoy's local reply: ``401 Jwt verification fails``,
+    ``403 RBAC: access denied``...), then call :meth:`finish`. ``refused`` means the
+    port is STRICT and the request came without a verified peer (a sidecar would have
+    closed the connection; a driver that can should do the same).
+
+    Allowed: hand the app ``headers`` (the request's, with ``removed`` names taken out
+    and ``added`` pairs put in: JWT outputs, XFCC from untrusted addresses removed) and,
+    when not None, ``query`` as the new query string; add ``response_headers`` to the
+    app's answer; run the app inside ``with request:``; then :meth:`finish`.
+    """
+
+    __slots__ = ("_stacks", "added", "allowed", "body", "call", "decision", "finished",
+                 "handler", "headers", "peer", "query", "refused", "removed",
+                 "response_headers", "route", "status", "timeout")
+
+    def __init__(self, handler: InboundHandler, *, allowed: bool, refused: bool,
+                 status: int | None, body: bytes,
+                 response_headers: tuple[tuple[str, str], ...],
+                 headers: list[tuple[str, str]], removed: tuple[str, ...],
+                 added: tuple[tuple[str, str], ...], query: str | None, peer: str | None,
+                 decision: InboundDecision | None, call: InboundCall | None,
+                 route: str | None, timeout: float | None) -> None:
+        self.handler = handler
+        self.allowed = allowed
+        self.refused = refused
+        self.status = status
+        self.body = body
+        self.response_headers = response_headers
+        self.headers = headers
+        self.removed = removed
+        self.added = added
+        self.query = query
+        self.peer = peer
+        """The caller's verified SPIFFE ID (None: plaintext, or not known)."""
+        self.decision = decision
+        self.call = call
+        self.route = route
+        """The route template naming the server span; plugins set it after routing."""
+        self.timeout = timeout
+        """The caller's remaining time in seconds, from its timeout header."""
+        self.finished = False
+        self._stacks: list[ExitStack] = []
+
+    @property
+    def principal(self) -> str | None:
+        """The caller's Istio principal (``cluster.local/ns/NS/sa/SA``), if any."""
+        return self.peer.removeprefix("spiffe://") if self.peer else None
+
+    @property
+    def request_principal(self) -> str | None:
+        """``iss/sub`` of the JWT that authenticated the request, if any."""
+        return self.decision.request_principal if self.decision is not None else None
+
+    @property
+    def request_id(self) -> str | None:
+        """The request's ``x-request-id`` (None when telemetry is off)."""
+        return self.call.request_id if self.call is not None else None
+
+    @property
+    def headers_changed(self) -> bool:
+        """Whether the app must see other headers than the server parsed."""
+        return bool(self.removed or self.added)
+
+    def __enter__(self) -> InboundRequest:
+        """Make the trace context, request id and deadline current (re-entrant: a
+        streaming body is produced in several steps)."""
+        stack = ExitStack()
+        if self.call is not None:
+            stack.enter_context(self.call)
+        if self.timeout is not None:
+            stack.enter_context(deadline_scope(self.timeout))
+        token = _current.set(self)
+        stack.callback(_current.reset, token)
+        self._stacks.append(stack)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stacks.pop().close()
+
+    def finish(self, status: int, response_headers: Sequence[tuple[str, str]] = (),
+               bytes_sent: int = 0, *, bytes_received: int | None = None,
+               flags: str | None = None, protocol: str = "HTTP/1.1") -> None:
+        """Record the request once: metrics, access log, span end. ``status`` 0 means
+        no response was sent (the client went away)."""
+        if self.finished:
+            return
+        self.finished = True
+        call = self.call
+        if call is None:
+            return
+        if flags is None:
+            flags = "-"
+            authz = self.decision.authz if self.decision is not None else None
+            if not self.allowed and authz is not None and authz.custom is not None:
+                flags = "UAEX"  # Envoy: denied by the external authorization service
+        span = call.span
+        if self.route and span is not None and span.is_recording():
+            span.update_name(self.route)
+            span.set_attribute("http.route", self.route)
+        call.finish(status, bytes_sent=bytes_sent, bytes_received=bytes_received,
+                    response_headers=[(k.lower(), v) for k, v in response_headers],
+                    flags=flags, protocol=protocol)
+
+
+__all__ = ["RESET_BODY", "InboundHandler", "InboundRequest", "PeerCertificate",
+           "current_request", "peer_from_certificate", "set_route"]

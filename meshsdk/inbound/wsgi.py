@@ -1,0 +1,246 @@
+"""The mesh's inbound side for any WSGI app: :class:`MeshWSGIMiddleware`.
+
+    app = MeshWSGIMiddleware(app, mesh)
+
+For each request it asks :class:`~meshsdk.inbound.handler.InboundHandler` (identity,
+PeerAuthentication, JWT, AuthorizationPolicy, telemetry) and either answers the denial
+itself or calls the app inside the request's trace context and deadline. The response
+iterable is wrapped: every chunk is counted (and produced with the context current, so
+streaming generators calling ``mesh.client()`` stay in the trace), and the request is
+recorded when the server closes it, as PEP 3333 requires servers to do.
+
+The peer certificate is found, in order, in ``environ["meshsdk.peer_certificate"]``
+(DER, PEM or parsed; for servers or hooks that put it there), or on the TLS socket
+gunicorn exposes as ``environ["gunicorn.socket"]``. Framework plugins name the route
+with :func:`~meshsdk.inbound.handler.set_route` or ``environ["meshsdk.route"]``.
+"""
+
+from __future__ import annotations
+
+import ssl
+import sys
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from http import HTTPStatus
+from types import TracebackType
+from typing import Any, Protocol
+from urllib.parse import quote
+
+from meshsdk.inbound.handler import InboundHandler, InboundRequest, PeerCertificate
+from meshsdk.mesh import Mesh
+
+Environ = MutableMapping[str, Any]
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+
+
+class StartResponse(Protocol):
+    """PEP 3333's ``start_response``."""
+
+    def __call__(self, status: str, headers: list[tuple[str, str]],
+                 exc_info: ExcInfo | None = None, /) -> Callable[[bytes], object]: ...
+
+
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+ROUTE_KEY = "meshsdk.route"
+"""Environ key a framework plugin may fill with the route template (``/users/{id}``)."""
+REQUEST_KEY = "meshsdk.request"
+"""Environ key under which the app finds its :class:`InboundRequest`."""
+PEER_CERT_KEY = "meshsdk.peer_certificate"
+"""Environ key for the verified client certificate, for servers other than gunicorn."""
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def peer_certificate(environ: Environ) -> PeerCertificate | None:
+    """The client certificate the server verified, where a WSGI server can put it."""
+    given = environ.get(PEER_CERT_KEY)
+    if given is not None:
+        return given  # type: ignore[no-any-return]
+    sock = environ.get("gunicorn.socket")
+    if isinstance(sock, ssl.SSLSocket):
+        der = sock.getpeercert(True)
+        return der or None
+    return None
+
+
+def _headers(environ: Environ) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            out.append((key[5:].replace("_", "-").lower(), value))
+        elif key == "CONTENT_TYPE" and value:
+            out.append(("content-type", value))
+        elif key == "CONTENT_LENGTH" and value:
+            out.append(("content-length", value))
+    return out
+
+
+def _environ_key(name: str) -> str:
+    upper = name.upper().replace("-", "_")
+    return upper if upper in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{upper}"
+
+
+def environ_facts(environ: Environ) -> dict[str, Any]:
+    """What the handler needs from a WSGI environ (keyword arguments of ``start``)."""
+    headers = _headers(environ)
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if raw:
+        path = str(raw)
+    else:
+        path = quote(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "/"),
+                     safe="/;=,@:!$&'()*+~")
+        if environ.get("QUERY_STRING"):
+            path = f"{path}?{environ['QUERY_STRING']}"
+    authority = environ.get("HTTP_HOST") or (
+        f"{environ.get('SERVER_NAME', 'unknown')}:{environ.get('SERVER_PORT', '80')}")
+    remote = environ.get("REMOTE_ADDR")
+    remote_port = environ.get("REMOTE_PORT")
+    local_port = environ.get("SERVER_PORT")
+    # PEP 3333 does not define REMOTE_PORT; servers set it as text or (werkzeug) an int
+    port_text = str(remote_port) if remote_port is not None else ""
+    client = (remote, int(port_text)) if remote and port_text.isdigit() else remote
+    local_ip = environ.get("meshsdk.local_address")
+    sock = environ.get("gunicorn.socket")
+    if local_ip is None and sock is not None:
+        try:
+            local_ip = sock.getsockname()[0]
+        except (OSError, IndexError):
+            local_ip = None
+    server = ((local_ip or environ.get("SERVER_NAME", ""), int(local_port))
+              if local_port and str(local_port).isdigit() else None)
+    return {"method": environ.get("REQUEST_METHOD", "GET"),
+            "scheme": environ.get("wsgi.url_scheme", "http"), "authority": authority,
+            "path": path, "headers": headers, "client": client, "server": server,
+            "peer_certificate": peer_certificate(environ)}
+
+
+def _apply(environ: Environ, request: InboundRequest) -> None:
+    """Put the policy's header changes and new query into ``environ``."""
+    for name in request.removed:
+        environ.pop(_environ_key(name), None)
+    for name, value in request.added:
+        environ[_environ_key(name)] = value
+    if request.query is not None:
+        environ["QUERY_STRING"] = request.query
+        raw = environ.get("RAW_URI")
+        if raw:
+            base = str(raw).partition("?")[0]
+            environ["RAW_URI"] = f"{base}?{request.query}" if request.query else base
+
+
+class MeshWSGIMiddleware:
+    """Mesh inbound policy and telemetry around a WSGI app.
+
+    Give a ``mesh`` (options go to :class:`InboundHandler`: ``port``,
+    ``trusted_proxies``, ``jwks``, ``audit``, ``custom``...) or a ready ``handler``.
+    """
+
+    def __init__(self, app: WSGIApp, mesh: Mesh | None = None, *,
+                 handler: InboundHandler | None = None, **options: Any) -> None:
+        if handler is None:
+            if mesh is None:
+                raise TypeError("MeshWSGIMiddleware needs a mesh or a handler")
+            handler = InboundHandler(mesh, **options)
+        self.app = app
+        self.handler = handler
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        request = self.handler.start(**environ_facts(environ))
+        if not request.allowed:
+            assert request.status is not None
+            reason = _reason(request.status)
+            start_response(f"{request.status} {reason}".rstrip(),
+                           list(request.response_headers))
+            request.finish(request.status, request.response_headers, len(request.body))
+            return [request.body]
+        if request.headers_changed or request.query is not None:
+            _apply(environ, request)
+        environ[REQUEST_KEY] = request
+        return _Response(self.app, environ, start_response, request)
+
+
+class _Response:
+    """The app's response iterable, counted and recorded on ``close()``."""
+
+    def __init__(self, app: WSGIApp, environ: Environ, start_response: StartResponse,
+                 request: InboundRequest) -> None:
+        self.request = request
+        self.environ = environ
+        self.status = 0
+        self.head: list[tuple[str, str]] = []
+        self.sent = 0
+        self._start_response = start_response
+        self._inner: Iterable[bytes] | None = None
+        self._iter: Iterator[bytes] | None = None
+        try:
+            with request:
+                self._inner = app(environ, self._start)
+                self._iter = iter(self._inner)
+        except BaseException:
+            self._fail()
+            raise
+
+    def _start(self, status: str, headers: list[tuple[str, str]],
+               exc_info: ExcInfo | None = None) -> Callable[[bytes], object]:
+        code = status.partition(" ")[0]
+        self.status = int(code) if code.isdigit() else 0
+        if self.request.response_headers:
+            headers = [*headers, *self.request.response_headers]
+        self.head = [(k.lower(), v) for k, v in headers]
+        route = self.environ.get(ROUTE_KEY)
+        if route and not self.request.route:
+            self.request.route = str(route)
+        write = self._start_response(status, headers, exc_info)
+
+        def counting_write(data: bytes) -> object:
+            self.sent += len(data)
+            return write(data)
+
+        return counting_write
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        assert self._iter is not None
+        try:
+            with self.request:
+                chunk = next(self._iter)
+        except StopIteration:
+            raise
+        except BaseException:
+            self._fail()
+            raise
+        self.sent += len(chunk)
+        return chunk
+
+    def _fail(self) -> None:
+        started = self.status != 0
+        self.request.finish(self.status if started else 500, self.head, self.sent,
+                            bytes_received=self._received(), flags="DC" if started else "-")
+
+    def _received(self) -> int | None:
+        length = self.environ.get("CONTENT_LENGTH")
+        return int(length) if length and str(length).isdigit() else None
+
+    def close(self) -> None:
+        """Called by the server when the response is done (or abandoned)."""
+        try:
+            close = getattr(self._inner, "close", None)
+            if close is not None:
+                with self.request:
+                    close()
+        finally:
+            if not self.request.finished:
+                complete = sys.exc_info()[0] is None and self.status != 0
+                self.request.finish(self.status, self.head, self.sent,
+                                    bytes_received=self._received(),
+                                    flags="-" if complete else "DC")
+
+
+__all__ = ["PEER_CERT_KEY", "REQUEST_KEY", "ROUTE_KEY", "MeshWSGIMiddleware",
+           "environ_facts", "peer_certificate"]
