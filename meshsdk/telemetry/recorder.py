@@ -697,7 +697,9 @@ class InboundCall:
                                                   else _content_length(self.headers)),
             bytes_sent=bytes_sent, response_duration=response_duration,
             request_headers=self.headers, response_headers=response_headers,
-            request_id=self.request_id, source=self.source, destination=tel.peer,
+            request_id=self.request_id, source=self.source,
+            # over mesh mTLS the server's principal is its own SPIFFE ID, as Istio reports
+            destination=tel.peer_mtls if self.security_policy == "mutual_tls" else tel.peer,
             service=self.service, connection_security_policy=self.security_policy,
             downstream_remote_address=self.remote_address,
             downstream_local_address=self.local_address,

@@ -111,7 +111,8 @@ def test_server_span_metrics_and_access_log(serve_reviews: Callable[..., Served]
     assert labels["destination_canonical_service"] == "reviews"
     assert labels["connection_security_policy"] == "mutual_tls"
     assert labels["response_code"] == "200"
-    assert "/reviews" not in " ".join(labels.values())  # no path or route in labels
+    assert labels["destination_principal"] == "spiffe://cluster.local/ns/default/sa/reviews"
+    assert not [v for v in labels.values() if v.startswith("/")]  # no path or route in labels
 
     (line,) = served.capture.lines(1)
     assert '"GET /reviews/7 HTTP/1.1" 200' in line

@@ -668,6 +668,8 @@ def test_inbound_call_reports_as_destination(tel: Telemetry, metrics: Metrics) -
         "source_canonical_service": "istio-ingressgateway",
         "source_canonical_revision": "latest", "source_cluster": "Kubernetes",
         **SERVER,
+        # over mTLS the server reports its own SPIFFE ID
+        "destination_principal": "spiffe://cluster.local/ns/default/sa/bookinfo-productpage",
         "destination_service": "productpage.default.svc.cluster.local",
         "destination_service_name": "productpage", "destination_service_namespace": "default",
         "request_protocol": "http", "response_code": "200", "grpc_response_status": "",
