@@ -32,9 +32,10 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import grpc  # type: ignore[import-untyped]
 from envoy.service.discovery.v3 import ads_pb2_grpc  # type: ignore[import-untyped]
 
-from meshsdk.config.loader import config_from_result, load_string
+from meshsdk.config.loader import config_from_result, load_mesh_config_string, load_string
 from meshsdk.config.resource import Config
 from meshsdk.controlplane.wire import (
+    MESH_CONFIG_TYPE_URL,
     SNAPSHOT_TYPE_URL,
     TYPE_URLS,
     NodeIdentity,
@@ -45,12 +46,14 @@ from meshsdk.controlplane.wire import (
     config_for,
     decode_response,
     health_request,
+    mesh_config_document,
     nack_request,
+    read_mesh_config,
     read_snapshot,
     resource_document,
     subscribe_request,
 )
-from meshsdk.errors import MeshError
+from meshsdk.errors import ConfigError, MeshError
 from meshsdk.workload import Workload
 
 if TYPE_CHECKING:
@@ -100,7 +103,8 @@ def write_cache(cache_dir: Path, version: str, config: Config) -> None:
     """Store a config's documents and version as one JSON file, replaced atomically."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     payload = {"format": _CACHE_FORMAT, "version": version,
-               "documents": [resource_document(r) for r in config.resources]}
+               "documents": [resource_document(r) for r in config.resources],
+               "mesh": mesh_config_document(config.mesh)}
     fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".tmp", dir=cache_dir)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -130,7 +134,13 @@ def read_cache(cache_dir: Path) -> tuple[str, Config] | None:
             or not isinstance(payload.get("documents"), list)):
         raise MeshError(f"config cache {path} is not a meshsdk cache")
     text = "\n---\n".join(json.dumps(d, ensure_ascii=False) for d in payload["documents"])
-    config = config_from_result(load_string(text, source=str(path)))
+    mesh = None
+    if payload.get("mesh"):
+        mesh, diagnostics = load_mesh_config_string(json.dumps(payload["mesh"]),
+                                                    source=f"{path}:mesh")
+        if mesh is None:
+            raise ConfigError("; ".join(d.message for d in diagnostics if d.is_error))
+    config = config_from_result(load_string(text, source=str(path)), mesh=mesh)
     return payload["version"], config
 
 
@@ -255,7 +265,8 @@ class ConfigClient:
                 except queue.Empty:
                     continue
 
-        for url in (*TYPE_URLS.values(), SNAPSHOT_TYPE_URL):
+        # MeshConfig first (held before the kinds complete), the marker last
+        for url in (MESH_CONFIG_TYPE_URL, *TYPE_URLS.values(), SNAPSHOT_TYPE_URL):
             outbox.put(subscribe_request(url, node=self._node, version_info=self._version or ""))
         with self._lock:
             self._outbox = outbox
@@ -294,8 +305,9 @@ class ConfigClient:
                     fresh.clear()
                     continue
                 held[response.type_url] = response
+                kinds = [held.get(url) for url in TYPE_URLS.values()]
                 versions = {r.version_info for r in held.values()}
-                if not marked and len(held) == len(TYPE_URLS) and len(versions) == 1:
+                if not marked and None not in kinds and len(versions) == 1:
                     for request in self._apply(list(held.values()), fresh,
                                                response.version_info):
                         outbox.put(request)
@@ -331,8 +343,11 @@ class ConfigClient:
         marker, only the marker is ACKed or NACKed: it stands for the whole snapshot."""
         marked = SNAPSHOT_TYPE_URL in fresh
         try:
-            pushes: list[Push] = [decode_response(r) for r in responses]
-            config = config_for(r for p in pushes for r in p.resources)
+            mesh = next((read_mesh_config(r) for r in responses
+                         if r.type_url == MESH_CONFIG_TYPE_URL), None)
+            pushes: list[Push] = [decode_response(r) for r in responses
+                                  if r.type_url != MESH_CONFIG_TYPE_URL]
+            config = config_for((r for p in pushes for r in p.resources), mesh)
             self._mesh.update(config)
         except MeshError as exc:
             message = f"version {version} rejected: {exc}"

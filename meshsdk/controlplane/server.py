@@ -98,6 +98,8 @@ from meshsdk.config.snapshot import visible
 from meshsdk.controlplane.filestore import ConfigStore, Debouncer
 from meshsdk.controlplane.loop import LoopThread
 from meshsdk.controlplane.wire import (
+    EXTENSION_TYPE_URLS,
+    MESH_CONFIG_TYPE_URL,
     SNAPSHOT_TYPE_URL,
     ClientMessage,
     Health,
@@ -108,6 +110,7 @@ from meshsdk.controlplane.wire import (
     WireError,
     discovery_response,
     kind_of,
+    mesh_config_response,
     parse_request,
     resource_document,
     snapshot_response,
@@ -143,6 +146,13 @@ PENDING_CLAIM_TIMEOUT = 5.0
 """Seconds a registration written to etcd is served before etcd confirms it."""
 PUBLISHED_KEPT = 16
 """How many recent versions keep their publication time (for late ACKs)."""
+
+
+def _kind_label(type_url: str) -> str:
+    """The ``type`` label of the metrics: the kind, or meshsdk's own type's name."""
+    if type_url in EXTENSION_TYPE_URLS:
+        return type_url.rpartition("/")[2]
+    return kind_of(type_url)
 
 
 def _digest(response: ProtoMessage) -> str:
@@ -768,16 +778,18 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
         config = self._config
         if config is None or sub.node is None:
             return
-        kind = kind_of(type_url)
+        mesh_wide = type_url == MESH_CONFIG_TYPE_URL
+        kind = "MeshConfig" if mesh_wide else kind_of(type_url)
         namespace = sub.node.namespace
-        audience = self._audience(config, sub.node)
+        audience = "" if mesh_wide else self._audience(config, sub.node)
         encoded = self._encoded.get((type_url, audience))
         if encoded is None:
             scope = egress_scope(config, namespace, sub.node.labels)
-            resources = [r for r in config.of_kind(kind)
-                         if is_visible(r, namespace, config) and scope(r)]
+            resources = [] if mesh_wide else [r for r in config.of_kind(kind)
+                                              if is_visible(r, namespace, config) and scope(r)]
             try:
-                template = discovery_response(type_url, self._version, "", resources)
+                template = mesh_config_response(self._version, "", config.mesh) \
+                    if mesh_wide else discovery_response(type_url, self._version, "", resources)
             except WireError as exc:  # a validated config should always encode
                 log.exception("cannot encode %s for %s", type_url, sub.connection_id)
                 self._push_errors.labels(type=kind).inc()
@@ -926,8 +938,7 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
         if isinstance(message, Nack):
             sub.last_nack = _NackRecord(message.type_url, state.sent_version, message.nonce,
                                         message.message, time.time())
-            self._nacks.labels(type="Snapshot" if message.type_url == SNAPSHOT_TYPE_URL
-                               else kind_of(message.type_url)).inc()
+            self._nacks.labels(type=_kind_label(message.type_url)).inc()
             log.warning("%s rejected %s %s: %s", sub.connection_id, message.type_url,
                         state.sent_version, message.message)
             return None

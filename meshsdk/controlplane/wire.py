@@ -38,7 +38,13 @@ from google.rpc import status_pb2  # type: ignore[import-untyped]
 
 from meshsdk import __version__
 from meshsdk.config.kinds import KINDS
-from meshsdk.config.loader import LoadResult, config_from_result, load_string
+from meshsdk.config.loader import (
+    LoadResult,
+    config_from_result,
+    load_mesh_config_string,
+    load_string,
+)
+from meshsdk.config.mesh import MeshConfig
 from meshsdk.config.resource import Config, Resource
 from meshsdk.errors import MeshError
 from meshsdk.workload import Workload
@@ -322,6 +328,57 @@ edit sends VirtualServices alone) and the mesh still never runs half a snapshot.
 Subscribers that do not subscribe to it get every type on every version instead."""
 
 
+MESH_CONFIG_TYPE_URL: Final = "meshsdk.io/v1/MeshConfig"
+"""The mesh-wide options (Istio's MeshConfig: outbound traffic policy, root namespace,
+trust domain, exportTo defaults, access log...) as one resource named ``mesh``, so a
+connected mesh runs with the server's options, not the defaults."""
+
+EXTENSION_TYPE_URLS: Final = frozenset({SNAPSHOT_TYPE_URL, MESH_CONFIG_TYPE_URL})
+"""meshsdk's own types beside the Istio kinds."""
+
+
+def check_type_url(type_url: str) -> None:
+    """A WireError unless ``type_url`` names an Istio kind or one of meshsdk's own types."""
+    if type_url not in EXTENSION_TYPE_URLS:
+        kind_of(type_url)
+
+
+def mesh_config_document(mesh: MeshConfig) -> dict[str, Any]:
+    """The options that were set (as in mesh.yaml), camelCase, JSON-compatible."""
+    document: dict[str, Any] = _normalize(
+        mesh.model_dump(by_alias=True, exclude_unset=True, mode="json"), "mesh")
+    return document
+
+
+def mesh_config_response(version_info: str, nonce: str, mesh: MeshConfig) -> ProtoMessage:
+    """The MeshConfig response: one resource ``mesh`` holding the options document."""
+    text = _canonical_json(mesh_config_document(mesh))
+    body = struct_pb2.Struct()
+    json_format.Parse(text, body)
+    packed = any_pb2.Any()
+    packed.Pack(body)
+    wrapped = any_pb2.Any()
+    wrapped.Pack(discovery_pb2.Resource(
+        name="mesh", version=hashlib.sha256(text.encode()).hexdigest(), resource=packed))
+    return cast(ProtoMessage, discovery_pb2.DiscoveryResponse(
+        version_info=version_info, nonce=nonce, type_url=MESH_CONFIG_TYPE_URL,
+        resources=[wrapped]))
+
+
+def read_mesh_config(message: ProtoMessage) -> MeshConfig:
+    """The MeshConfig a response carries, validated as a ``mesh.yaml`` (WireError if not)."""
+    pb: Any = message
+    if pb.type_url != MESH_CONFIG_TYPE_URL or len(pb.resources) != 1:
+        raise WireError("not a MeshConfig response")
+    wire = read_resource(_unwrap(pb.resources[0], 0))
+    mesh, diagnostics = load_mesh_config_string(json.dumps(dict(wire.document)),
+                                                source="xds:mesh")
+    if mesh is None:
+        detail = "; ".join(d.message for d in diagnostics if d.is_error)
+        raise WireError(f"invalid MeshConfig: {detail}", "mesh")
+    return mesh
+
+
 def snapshot_response(version_info: str, nonce: str,
                       types: Mapping[str, str]) -> ProtoMessage:
     """The marker response of ``version_info``: ``types`` maps type URL -> version."""
@@ -399,12 +456,13 @@ def _unwrap(packed: Any, index: int) -> ProtoMessage:
         raise WireError(f"resources[{index}] does not parse: {exc}") from None
 
 
-def config_for(resources: Iterable[Resource]) -> Config:
-    """A Config from decoded resources (of one or several pushes), in the given order."""
+def config_for(resources: Iterable[Resource], mesh: MeshConfig | None = None) -> Config:
+    """A Config from decoded resources (of one or several pushes), in the given order,
+    with ``mesh`` as its mesh-wide options (Istio's defaults when None)."""
     result = LoadResult()
     for r in resources:
         result.extend(LoadResult(resources=[r]))
-    return config_from_result(result)
+    return config_from_result(result, mesh=mesh)
 
 
 def response_from_bytes(data: bytes) -> ProtoMessage:
@@ -554,8 +612,7 @@ def subscribe_request(type_url: str, resource_names: Iterable[str] = (), *,
     ``version_info`` may carry the last version applied, when resubscribing after
     a reconnect. ``node`` is required on a stream's first request only.
     """
-    if type_url != SNAPSHOT_TYPE_URL:
-        kind_of(type_url)
+    check_type_url(type_url)
     return _request(type_url, resource_names, node, version_info, "", None)
 
 
@@ -668,8 +725,7 @@ def parse_request(message: ProtoMessage) -> ClientMessage:
         if pb.HasField("error_detail"):
             return Health(False, str(pb.error_detail.message), node)
         return Health(True, "", node)
-    if type_url != SNAPSHOT_TYPE_URL:
-        kind_of(type_url)
+    check_type_url(type_url)
     names = tuple(str(n) for n in pb.resource_names)
     version: str = pb.version_info
     nonce: str = pb.response_nonce
@@ -683,8 +739,10 @@ def parse_request(message: ProtoMessage) -> ClientMessage:
 
 
 __all__ = [
+    "EXTENSION_TYPE_URLS",
     "HEALTH_TYPE_URL",
     "INVALID_ARGUMENT",
+    "MESH_CONFIG_TYPE_URL",
     "RESOURCE_TYPE_URL",
     "SNAPSHOT_TYPE_URL",
     "STRUCT_TYPE_URL",
@@ -700,6 +758,7 @@ __all__ = [
     "WireError",
     "WireResource",
     "ack_request",
+    "check_type_url",
     "config_for",
     "content_version",
     "decode_resource",
@@ -708,8 +767,11 @@ __all__ = [
     "encode_resource",
     "health_request",
     "kind_of",
+    "mesh_config_document",
+    "mesh_config_response",
     "nack_request",
     "parse_request",
+    "read_mesh_config",
     "read_resource",
     "read_snapshot",
     "request_from_bytes",

@@ -20,7 +20,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc  # type: ignore[import-untyp
 from meshsdk.config import load_string
 from meshsdk.controlplane.client import CACHE_FILE, ConfigClient, empty_config, next_backoff
 from meshsdk.controlplane.wire import (
-    SNAPSHOT_TYPE_URL,
+    EXTENSION_TYPE_URLS,
     TYPE_URLS,
     Ack,
     ClientMessage,
@@ -112,9 +112,9 @@ class FakeADS(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[
                     message = parse_request(request)
                     with self.lock:
                         self.seen.append(message)
-                        # a server without the snapshot marker: it ignores that type
+                        # a server without meshsdk's own types: it ignores them
                         if isinstance(message, Subscribe) and \
-                                message.type_url != SNAPSHOT_TYPE_URL:
+                                message.type_url not in EXTENSION_TYPE_URLS:
                             outbox.put(self._response(message.type_url))
             except grpc.RpcError:
                 pass
@@ -188,7 +188,7 @@ def test_subscribe_apply_ack_nack_and_update(docs: Docs, tmp_path: Path) -> None
             with servicer.lock:
                 return {m.type_url for m in servicer.seen if isinstance(m, Subscribe)}
         # the marker is asked for last, maybe after the types already applied
-        _eventually(lambda: subscribed() == {*TYPE_URLS.values(), SNAPSHOT_TYPE_URL})
+        _eventually(lambda: subscribed() == {*TYPE_URLS.values(), *EXTENSION_TYPE_URLS})
         subscribes = [m for m in servicer.seen if isinstance(m, Subscribe)]
         assert all(m.node is not None and m.node.name == "productpage-v1" for m in subscribes)
         _eventually(lambda: len(servicer.of_version(Ack, "v1")) == len(TYPE_URLS))

@@ -119,3 +119,33 @@ def test_the_same_server_signs_workload_certificates(tmp_path: Path) -> None:
                 signer, "spiffe://cluster.local/ns/default/sa/reviews") as identity:
             assert identity.spiffe_id == "spiffe://cluster.local/ns/default/sa/reviews"
             assert identity.roots_pem == ca.roots
+
+
+def test_the_mesh_config_travels_and_is_cached(tmp_path: Path) -> None:
+    """mesh.yaml on the server (REGISTRY_ONLY here) governs connected meshes, also when
+    they restart on their disk cache with the server gone."""
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "mesh.yaml").write_text("outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n"
+                                      "defaultVirtualServiceExportTo: ['.']\n")
+    (config / "dr.yaml").write_text(DR)
+    workload = Workload("productpage-v1", "default", {"app": "productpage"})
+    with ConfigStore(config).start() as store, ConfigServer(store, port=0) as server:
+        address = f"127.0.0.1:{server.port}"
+        mesh = Mesh.connect(address, workload, cache_dir=tmp_path / "cache", telemetry=False)
+        try:
+            options = mesh.snapshot.config.mesh
+            assert options.outbound_traffic_policy.mode == "REGISTRY_ONLY"
+            assert options.default_virtual_service_export_to == ["."]
+            with mesh.client() as client:  # not in the registry: refused, as Istio does
+                response = client.get("http://unknown.example.com/")
+            assert response.status_code == 502
+        finally:
+            mesh.close()
+    restarted = Mesh.connect(address, workload, cache_dir=tmp_path / "cache", wait=3.0,
+                             telemetry=False)
+    try:
+        assert restarted.status().source == "cache"
+        assert restarted.snapshot.config.mesh.outbound_traffic_policy.mode == "REGISTRY_ONLY"
+    finally:
+        restarted.close()

@@ -157,7 +157,8 @@ def test_a_registration_on_one_replica_reaches_subscribers_of_the_other(
                 [entry] = servers[1].registryz()
                 assert entry["replica"] == "replica-0"
                 assert servers[0].registryz()[0]["state"] == "connected"
-                assert caller.status().version == ratings.status().version
+                wait_for(lambda: caller.status().version == ratings.status().version,
+                         "both meshes on one version")
             finally:
                 ratings.close()
             wait_for(lambda: servers[1].registryz() == [], "removal after the grace")
