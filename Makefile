@@ -2,6 +2,7 @@
 #   make demo   the main job: bookinfo as local processes with embedded meshes, six live scenes
 #   make test   lint, type-check and the whole test suite
 #   make bench  the benchmarks (not part of the tests; see docs/performance.md)
+#   make test-matrix  the framework integrations against their oldest and latest versions
 VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
@@ -9,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # every framework integration is its own distribution; installed editable with its test extra
 INTEGRATIONS := $(patsubst %/pyproject.toml,%,$(wildcard integrations/*/pyproject.toml))
 
-.PHONY: dev demo test lint typecheck pytest bench clean etcd
+.PHONY: dev demo test lint typecheck pytest bench clean etcd test-matrix
 
 dev: $(STAMP)
 
@@ -24,7 +25,7 @@ demo: dev
 	$(PY) -m meshsdk.demo
 
 lint: dev
-	$(VENV)/bin/ruff check meshsdk tests bench integrations
+	$(VENV)/bin/ruff check meshsdk tests bench integrations scripts examples
 
 typecheck: dev
 	$(VENV)/bin/mypy
@@ -45,6 +46,14 @@ test: lint typecheck pytest
 bench: dev
 	$(PY) bench/config_load.py
 	$(PY) bench/sdk_overhead.py
+	$(PY) bench/security.py
+	$(PY) bench/middleware_overhead.py
+	$(PY) bench/controlplane_scale.py
+
+# each framework integration against its oldest and latest supported version
+# (integrations/matrix.toml), in throwaway venvs under .matrix/; `make test` runs the installed
+test-matrix: dev
+	$(PY) scripts/test_matrix.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .matrix .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,359 @@
+"""Benchmark: what the mesh's inbound middleware adds to a hello-world endpoint.
+
+    python bench/middleware_overhead.py                      # Flask, FastAPI, Django
+    python bench/middleware_overhead.py --calls 1000 --only flask
+
+For each framework one server process serves two copies of the same app side by side,
+``/bare/hello`` without the mesh and ``/mesh/hello`` behind the framework's meshsdk
+integration, so both variants share the server, its settings and the client:
+
+* Flask: gunicorn (gthread worker, 1 process, 4 threads), ``MeshFlask``;
+* FastAPI: uvicorn (1 process, h11), ``meshsdk_fastapi.MeshMiddleware``;
+* Django: gunicorn as for Flask, ``meshsdk_django.middleware.MeshMiddleware``.
+
+The meshed app's workload has an ALLOW AuthorizationPolicy (so every request runs the
+authorization engine), PERMISSIVE mTLS (the benchmark speaks plaintext, as TLS would
+cost both variants alike) and telemetry on as Istio's defaults have it: 1% of traces
+through OpenTelemetry's SDK (a batch processor whose exporter drops everything) and
+Istio's four request metrics in meshsdk's Prometheus sink (what ``mesh.serve_metrics``
+exposes). No access log.
+
+The client is one ``httpx.Client`` making sequential keep-alive GETs on 127.0.0.1.
+Variants are interleaved in blocks (``calls / blocks`` per block, alternating which
+goes first) after a warm-up, so drift on a shared machine hits both alike; each call
+is timed with ``time.perf_counter_ns``. Reported: median and p99 latency per variant
+and the ratio of the medians (target: at most 1.10x).
+
+``--telemetry off`` runs the meshed app without telemetry, to separate what the
+security checks cost from what recording costs.
+
+Not a test (pytest only collects ``tests/``). Exit status: 0, or 1 with ``--strict``
+when a target is missed, 2 when a server cannot be started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_P50_RATIO = 1.10
+FRAMEWORKS = ("flask", "fastapi", "django")
+SERVERS = {"flask": "gunicorn gthread", "fastapi": "uvicorn", "django": "gunicorn gthread"}
+WORKLOAD_LABELS = {"app": "hello", "version": "v1"}
+MESH_YAML = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: hello-readers, namespace: default}
+spec:
+  selector: {matchLabels: {app: hello}}
+  action: ALLOW
+  rules:
+  - to: [{operation: {methods: [GET], paths: [/mesh/*]}}]
+"""
+
+
+# --- the server process (python bench/middleware_overhead.py --serve FRAMEWORK) ------------
+
+
+def make_mesh(config_dir: str) -> Any:
+    """The meshed app's mesh: the policy above, Istio's default telemetry (see docstring;
+    none at all when ``MESH_BENCH_TELEMETRY=off``, to see what security alone costs)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+
+    from meshsdk import Mesh, Workload
+    from meshsdk.telemetry import PrometheusMetrics, Telemetry
+
+    class NoSpans(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    workload = Workload("hello-v1", "default", WORKLOAD_LABELS, "hello")
+    if os.environ.get("MESH_BENCH_TELEMETRY") == "off":
+        return Mesh.from_config(config_dir, workload, telemetry=False)
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(NoSpans()))
+    telemetry = Telemetry(workload, tracer_provider=provider, otel_metrics=False,
+                          metrics=[PrometheusMetrics()])
+    return Mesh.from_config(config_dir, workload, telemetry=telemetry)
+
+
+def dispatch(bare: Any, meshed: Any) -> Callable[..., Any]:
+    """One WSGI app: ``/mesh/...`` to ``meshed``, everything else to ``bare``."""
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        target = meshed if environ.get("PATH_INFO", "").startswith("/mesh/") else bare
+        return target(environ, start_response)
+    return app
+
+
+def flask_app(config_dir: str) -> Any:
+    from flask import Flask
+    from meshsdk_flask import MeshFlask
+
+    def build(prefix: str) -> Flask:
+        app = Flask(f"hello-{prefix}")
+
+        @app.get(f"/{prefix}/hello")
+        def hello() -> str:
+            return "hello"
+        return app
+
+    bare, meshed = build("bare"), build("mesh")
+    MeshFlask(meshed, mesh=make_mesh(config_dir))
+    return dispatch(bare, meshed)
+
+
+def fastapi_app(config_dir: str) -> Any:
+    from fastapi import FastAPI
+    from fastapi.responses import PlainTextResponse
+    from meshsdk_fastapi import MeshMiddleware
+
+    bare_app, meshed_app = FastAPI(), FastAPI()
+    for prefix, app in (("bare", bare_app), ("mesh", meshed_app)):
+        @app.get(f"/{prefix}/hello", response_class=PlainTextResponse)
+        async def hello() -> str:
+            return "hello"
+    meshed = MeshMiddleware(meshed_app, mesh=make_mesh(config_dir))
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        target = meshed if str(scope.get("path", "")).startswith("/mesh/") else bare_app
+        await target(scope, receive, send)
+    return app
+
+
+def django_app(config_dir: str) -> Any:
+    """Two Django stacks in one process: the same settings, the meshed one with the
+    middleware (Django has one settings object, so the middleware is built by hand
+    around a second handler instead of listed in MIDDLEWARE)."""
+    import django
+    from django.conf import settings
+    from django.http import HttpResponse
+    from django.urls import path
+
+    def hello(request: Any) -> HttpResponse:
+        return HttpResponse("hello", content_type="text/plain")
+
+    settings.configure(
+        DEBUG=False, ALLOWED_HOSTS=["*"], SECRET_KEY="bench", ROOT_URLCONF=__name__,
+        INSTALLED_APPS=["meshsdk_django"], MIDDLEWARE=[], DATABASES={},
+        MESHSDK={"CONFIG": config_dir, "WORKLOAD": {
+            "name": "hello-v1", "namespace": "default", "labels": WORKLOAD_LABELS,
+            "service_account": "hello"}})
+    globals()["urlpatterns"] = [path("bare/hello", hello), path("mesh/hello", hello)]
+    django.setup()
+    import meshsdk_django
+    from django.core.handlers.wsgi import WSGIHandler
+    from meshsdk_django.middleware import MeshMiddleware
+
+    meshsdk_django.get_runtime().mesh.close()  # the bench's telemetry instead
+    meshsdk_django._runtime = meshsdk_django.conf.MeshRuntime(make_mesh(config_dir))
+
+    class MeshedHandler(WSGIHandler):  # type: ignore[misc]
+        def load_middleware(self, is_async: bool = False) -> None:
+            super().load_middleware(is_async)
+            self._middleware_chain = MeshMiddleware(self._middleware_chain)
+
+    return dispatch(WSGIHandler(), MeshedHandler())
+
+
+def serve(framework: str, port: int, config_dir: str) -> None:
+    """Run the framework's server in this process until terminated."""
+    if framework == "fastapi":
+        import uvicorn
+        uvicorn.run(fastapi_app(config_dir), host="127.0.0.1", port=port,
+                    log_level="warning", access_log=False, lifespan="off", http="h11")
+        return
+    from gunicorn.app.base import BaseApplication
+
+    build = flask_app if framework == "flask" else django_app
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in {"bind": f"127.0.0.1:{port}", "workers": 1, "threads": 4,
+                               "worker_class": "gthread", "loglevel": "warning",
+                               "keepalive": 60, "control_socket_disable": True}.items():
+                if key in self.cfg.settings:  # older gunicorns lack some
+                    self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return build(config_dir)
+
+    Server().run()
+
+
+# --- the driver ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(framework: str, config_dir: str, log: Path, telemetry: str
+                 ) -> tuple[subprocess.Popen[bytes], int] | None:
+    """Start the server process and wait (bounded) until both variants answer."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT),
+                                                        os.environ.get("PYTHONPATH", "")]),
+           "MESH_BENCH_TELEMETRY": telemetry}
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, __file__, "--serve", framework,
+                                 "--port", str(port), "--config", config_dir],
+                                stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            ok = all(httpx.get(f"http://127.0.0.1:{port}/{v}/hello", timeout=1).status_code
+                     == 200 for v in ("bare", "mesh"))
+        except httpx.HTTPError:
+            ok = False
+        if ok:
+            return proc, port
+        time.sleep(0.1)
+    stop(proc)
+    return None
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate the server's process group (gunicorn's workers too), kill if needed."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait(10)
+
+
+def timed_calls(client: httpx.Client, url: str, n: int, out: list[int]) -> int:
+    """``n`` sequential GETs, each timed into ``out``; returns how many did not answer 200."""
+    get, clock, errors = client.get, time.perf_counter_ns, 0
+    for _ in range(n):
+        start = clock()
+        r = get(url)
+        out.append(clock() - start)
+        if r.status_code != 200:
+            errors += 1
+    return errors
+
+
+def percentile(values: Sequence[int], q: float) -> float:
+    """Nearest-rank percentile of sorted nanoseconds, in microseconds."""
+    index = max(0, min(len(values) - 1, round(q / 100 * len(values) + 0.5) - 1))
+    return values[index] / 1000
+
+
+def measure(framework: str, port: int, calls: int, blocks: int, warmup: int
+            ) -> dict[str, Any]:
+    """Interleaved blocks of the two variants on one keep-alive client."""
+    samples: dict[str, list[int]] = {"bare": [], "mesh": []}
+    errors = 0
+    per_block = max(1, calls // blocks)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+        for variant in samples:
+            timed_calls(client, f"/{variant}/hello", warmup, [])
+        for block in range(blocks):
+            order = ("bare", "mesh") if block % 2 == 0 else ("mesh", "bare")
+            for variant in order:
+                errors += timed_calls(client, f"/{variant}/hello", per_block,
+                                      samples[variant])
+    result: dict[str, Any] = {"framework": framework, "errors": errors}
+    for variant, values in samples.items():
+        values.sort()
+        result[variant] = (percentile(values, 50), percentile(values, 99), len(values))
+    result["ratio"] = result["mesh"][0] / result["bare"][0]
+    return result
+
+
+def versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    out = []
+    for name in ("flask", "fastapi", "starlette", "django", "gunicorn", "uvicorn"):
+        with contextlib.suppress(PackageNotFoundError):
+            out.append(f"{name} {version(name)}")
+    return ", ".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=3000,
+                        help="timed calls per variant and framework (default 3000)")
+    parser.add_argument("--blocks", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--only", action="append", choices=FRAMEWORKS, default=[])
+    parser.add_argument("--telemetry", choices=("istio", "off"), default="istio",
+                        help="the meshed app's telemetry: Istio's defaults (default) or "
+                             "none (what the security checks alone cost)")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit 1 when a ratio misses the target")
+    parser.add_argument("--serve", choices=FRAMEWORKS, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        serve(args.serve, args.port, args.config)
+        return 0
+    frameworks = args.only or list(FRAMEWORKS)
+    command = " ".join(["python", "bench/middleware_overhead.py",
+                        *(argv if argv is not None else sys.argv[1:])])
+    results = []
+    with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp:
+        (Path(tmp) / "policy.yaml").write_text(MESH_YAML, encoding="utf-8")
+        for framework in frameworks:
+            log = Path(tmp) / f"{framework}.log"
+            started = start_server(framework, tmp, log, args.telemetry)
+            if started is None:
+                print(f"{framework}: the server did not start:\n"
+                      f"{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
+                return 2
+            proc, port = started
+            try:
+                results.append(measure(framework, port, args.calls, args.blocks,
+                                       args.warmup))
+            finally:
+                stop(proc)
+    print(f"$ {command}")
+    print(f"meshsdk inbound middleware overhead: {args.calls} sequential keep-alive GETs per "
+          f"variant in {args.blocks} interleaved blocks, after {args.warmup} warm-up calls")
+    print(f"  Python {platform.python_version()}, {versions()}, {os.cpu_count()} CPUs, "
+          f"{time.strftime('%Y-%m-%d')}")
+    print("  meshed: ALLOW policy checked, PERMISSIVE, " + (
+        "metrics (Prometheus sink), 1% traces (OTel SDK)\n" if args.telemetry == "istio"
+        else "telemetry off\n"))
+    print(f"{'framework':<9} {'server':<17} {'bare p50':>9} {'mesh p50':>9} {'bare p99':>9} "
+          f"{'mesh p99':>9} {'+p50 us':>8} {'ratio':>6}  {'target':<10} result")
+    missed = False
+    for r in results:
+        bare, mesh = r["bare"], r["mesh"]
+        ok = r["ratio"] <= TARGET_P50_RATIO
+        missed |= not ok
+        print(f"{r['framework']:<9} {SERVERS[r['framework']]:<17} {bare[0]:>9.1f} "
+              f"{mesh[0]:>9.1f} {bare[1]:>9.1f} {mesh[1]:>9.1f} {mesh[0] - bare[0]:>+8.1f} "
+              f"{r['ratio']:>5.2f}x  <= {TARGET_P50_RATIO:.2f}x    {'PASS' if ok else 'MISS'}")
+    print("(latencies in microseconds, client-side, per call)")
+    if any(r["errors"] for r in results):
+        print("\nERRORS: some calls did not answer 200; the numbers above are suspect.")
+    return 1 if args.strict and missed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

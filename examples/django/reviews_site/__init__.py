@@ -1,0 +1,1 @@
+"""reviews, a meshed Django service (the example of docs/integrations/django.md)."""
