@@ -229,7 +229,8 @@ class Mesh:
     def connect(cls, address: str, workload: Workload | None = None, *,
                 cache_dir: str | os.PathLike[str] | None = None, wait: float = 5.0,
                 register: bool = False, ip: str | None = None,
-                ports: Mapping[str, int] | None = None, **mesh_options: Any) -> Mesh:
+                ports: Mapping[str, int] | None = None, group: str = "",
+                **mesh_options: Any) -> Mesh:
         """A mesh fed by the config service at ``address`` (``host:port``, ADS over gRPC;
         several replicas as ``host:port,host:port``, tried in turn when one goes away).
 
@@ -238,13 +239,14 @@ class Mesh:
         returns anyway after that, and :meth:`status` tells. ``close()`` stops the client.
         ``register=True`` asks the server to register this workload (at ``ip``, with its
         named ``ports``) as a WorkloadEntry while connected, so ServiceEntries selecting
-        its labels route to it.
+        its labels route to it; ``group="name"`` registers it from that WorkloadGroup's
+        template instead (Istio's auto-registration).
         """
         from meshsdk.controlplane.client import ConfigClient, empty_config
         mesh = cls(empty_config(), workload, **mesh_options)
         mesh._config_client = ConfigClient(mesh, address, workload=mesh.workload,
                                            cache_dir=cache_dir, ip=ip, ports=ports,
-                                           register=register)
+                                           register=register, group=group)
         mesh._config_client.start()
         mesh._config_client.wait_ready(wait)
         return mesh

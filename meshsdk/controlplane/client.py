@@ -152,6 +152,9 @@ class ConfigClient:
     ``address`` may list several replicas (``host:port,host:port``): after a stream
     ends or fails, the client reconnects to the next one, so a replica going away
     moves its subscribers to the others (the mesh keeps its config meanwhile).
+    ``group`` names a WorkloadGroup of the workload's namespace to register from
+    (its template gives the entry's ports, labels and service account; implies
+    ``register``).
     ``ip`` is the node's address as told to the server (``$INSTANCE_IP`` by default) and
     ``ports`` its named ports (POD_PORTS). ``register`` sets AUTO_REGISTER: the server
     then registers a WorkloadEntry for this node (at ``ip``) while the stream is up.
@@ -163,7 +166,8 @@ class ConfigClient:
                  rng: random.Random | None = None,
                  initial_backoff: float = 0.5, max_backoff: float = 30.0,
                  jitter: float = 0.2, ip: str | None = None,
-                 ports: Mapping[str, int] | None = None, register: bool = False) -> None:
+                 ports: Mapping[str, int] | None = None, register: bool = False,
+                 group: str = "") -> None:
         self._mesh = mesh
         self._addresses = [a.strip() for a in address.split(",") if a.strip()]
         if not self._addresses:
@@ -172,7 +176,7 @@ class ConfigClient:
         self._address = self._addresses[0]
         self._node = NodeIdentity.from_workload(
             workload, ip or os.environ.get("INSTANCE_IP") or "127.0.0.1", ports=ports,
-            auto_register=register)
+            auto_register=register, group=group)
         self._cache_dir = Path(cache_dir) if cache_dir is not None \
             else default_cache_dir(workload)
         self._clock = clock

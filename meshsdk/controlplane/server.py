@@ -303,22 +303,44 @@ class _Registration:
 
 
 def registration_name(node: NodeIdentity) -> str:
-    """``auto-<workload>-<ip>``, the ip's dots and colons as dashes."""
-    return f"auto-{node.name}-{node.ip.replace('.', '-').replace(':', '-')}"
+    """``<group>-<ip>`` for a WorkloadGroup's node (Istio's name), else
+    ``auto-<workload>-<ip>``; the ip's dots and colons as dashes."""
+    ip = node.ip.replace(".", "-").replace(":", "-")
+    return f"{node.group}-{ip}" if node.group else f"auto-{node.name}-{ip}"
 
 
-def registration_document(node: NodeIdentity) -> dict[str, Any]:
-    """The WorkloadEntry document registered for an AUTO_REGISTER node."""
-    spec: dict[str, Any] = {"address": node.ip, "labels": dict(node.labels),
-                            "serviceAccount": node.service_account}
-    if node.ports:
+def registration_document(node: NodeIdentity, group: Resource | None = None) -> dict[str, Any]:
+    """The WorkloadEntry document registered for an AUTO_REGISTER node.
+
+    From a WorkloadGroup, as istiod makes it: the template's ports, service account,
+    network, locality and weight; labels of the template overlaid with the node's;
+    the group's metadata labels and annotations on the entry. Without one, from the
+    node alone.
+    """
+    annotations = {"meshsdk.io/auto-registered": "true"}
+    labels: dict[str, str] = {}
+    spec: dict[str, Any] = {}
+    if group is not None:
+        gspec = group.spec
+        if gspec.metadata is not None:
+            labels.update(gspec.metadata.labels)
+            annotations.update(gspec.metadata.annotations)
+        if gspec.template is not None:
+            spec = gspec.template.model_dump(by_alias=True, exclude_unset=True, mode="json")
+        annotations["istio.io/autoRegistrationGroup"] = group.name
+    spec["address"] = node.ip
+    spec["labels"] = {**spec.get("labels", {}), **node.labels}
+    spec.setdefault("serviceAccount", node.service_account)
+    if node.ports and "ports" not in spec:
         spec["ports"] = dict(node.ports)
-    if node.locality:
+    if node.locality and "locality" not in spec:
         spec["locality"] = node.locality
+    metadata: dict[str, Any] = {"name": registration_name(node), "namespace": node.namespace,
+                                "annotations": annotations}
+    if labels:
+        metadata["labels"] = labels
     return {"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
-            "metadata": {"name": registration_name(node), "namespace": node.namespace,
-                         "annotations": {"meshsdk.io/auto-registered": "true"}},
-            "spec": spec}
+            "metadata": metadata, "spec": spec}
 
 
 # --- the gRPC server ----------------------------------------------------------------------
@@ -589,7 +611,16 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
         An invalid entry, or one that makes the served config invalid, is refused and
         logged; the stream is not affected.
         """
-        document = registration_document(node)
+        group = None
+        if node.group:
+            store = self._store_config
+            group = next((g for g in (store.of_kind("WorkloadGroup") if store else ())
+                          if g.namespace == node.namespace and g.name == node.group), None)
+            if group is None:
+                log.warning("registration of %s refused: no WorkloadGroup %s/%s",
+                            node.node_id, node.namespace, node.group)
+                return
+        document = registration_document(node, group)
         ref = f"{node.namespace}/{document['metadata']['name']}"
         result = load_string(json.dumps(document), source=f"registry:{ref}",
                              namespace=node.namespace)

@@ -493,8 +493,9 @@ class NodeIdentity:
     INSTANCE_IPS (comma-separated), POD_PORTS (JSON list of ``{name,
     containerPort, protocol}``, as Istio's injector writes it), AUTO_REGISTER
     (``"true"`` when the server should register a WorkloadEntry for the node, as
-    istiod does for a WorkloadGroup's proxies) and, when known, ``node.locality``
-    holds region/zone/subzone.
+    istiod does for a WorkloadGroup's proxies), AUTO_REGISTER_GROUP (Istio's name:
+    the WorkloadGroup whose template the entry is made from; implies AUTO_REGISTER)
+    and, when known, ``node.locality`` holds region/zone/subzone.
     """
 
     ip: str
@@ -508,21 +509,24 @@ class NodeIdentity:
     node_type: str = "sidecar"
     domain: str = "cluster.local"
     auto_register: bool = False
+    group: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", MappingProxyType(dict(self.labels)))
         object.__setattr__(self, "ports", MappingProxyType(dict(self.ports)))
         object.__setattr__(self, "instance_ips", tuple(self.instance_ips or (self.ip,)))
+        if self.group:
+            object.__setattr__(self, "auto_register", True)
 
     @classmethod
     def from_workload(cls, workload: Workload, ip: str, *,
                       ports: Mapping[str, int] | None = None,
-                      auto_register: bool = False) -> NodeIdentity:
+                      auto_register: bool = False, group: str = "") -> NodeIdentity:
         """The identity of a meshsdk Workload reachable at ``ip`` (its ``ports`` by name)."""
         return cls(ip=ip, name=workload.name, namespace=workload.namespace,
                    labels=workload.labels, service_account=workload.service_account,
                    ports=ports or {}, locality=workload.locality,
-                   auto_register=auto_register)
+                   auto_register=auto_register, group=group)
 
     def workload(self) -> Workload:
         """The Workload this identity describes."""
@@ -548,6 +552,8 @@ def _node_message(node: NodeIdentity) -> Any:
     }
     if node.auto_register:
         meta["AUTO_REGISTER"] = "true"
+    if node.group:
+        meta["AUTO_REGISTER_GROUP"] = node.group
     metadata = struct_pb2.Struct()
     metadata.update(meta)
     msg = base_pb2.Node(id=node.node_id, cluster=f"{node.workload().app}.{node.namespace}",
@@ -582,7 +588,8 @@ def _parse_node(pb: Any) -> NodeIdentity:
                         service_account=_meta_text(meta, "SERVICE_ACCOUNT") or "default",
                         instance_ips=ips, ports=ports, locality=locality,
                         node_type=node_type, domain=domain,
-                        auto_register=_meta_text(meta, "AUTO_REGISTER").lower() == "true")
+                        auto_register=_meta_text(meta, "AUTO_REGISTER").lower() == "true",
+                        group=_meta_text(meta, "AUTO_REGISTER_GROUP"))
 
 
 def _meta_text(meta: Mapping[str, Any], key: str) -> str:

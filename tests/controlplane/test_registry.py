@@ -194,6 +194,9 @@ def test_auto_register_travels_in_the_node_metadata() -> None:
     plain = NodeIdentity("10.0.0.7", "ratings-v1")
     again = parse_request(subscribe_request(url, node=plain)).node
     assert again is not None and not again.auto_register
+    grouped = NodeIdentity("10.0.0.7", "ratings-vm", group="ratings")
+    parsed = parse_request(subscribe_request(url, node=grouped)).node
+    assert parsed is not None and parsed.group == "ratings" and parsed.auto_register
 
 
 def test_a_workload_reporting_not_ready_is_not_routed_to_until_ready_again(
@@ -226,3 +229,45 @@ def test_a_workload_reporting_not_ready_is_not_routed_to_until_ready_again(
             caller.close()
     with pytest.raises(UsageError):
         Mesh(store.current.config).report_ready(False)
+
+
+def test_a_workload_group_template_makes_the_entry(tmp_path: Path, config_dir: Path,
+                                                   upstream: Upstream) -> None:
+    (config_dir / "group.yaml").write_text(f"""
+apiVersion: networking.istio.io/v1
+kind: WorkloadGroup
+metadata: {{name: ratings, namespace: default}}
+spec:
+  metadata:
+    labels: {{team: stars}}
+    annotations: {{owner: ratings-team}}
+  template:
+    labels: {{app: ratings, version: v1}}
+    ports: {{http: {upstream.port}}}
+    serviceAccount: bookinfo-ratings
+""")
+    with ConfigStore(config_dir).start() as store, ConfigServer(store, port=0) as server:
+        address = f"127.0.0.1:{server.port}"
+        caller = Mesh.connect(address, Workload("productpage-v1", "default", {"app": "pp"}),
+                              cache_dir=tmp_path / "pp", telemetry=False)
+        # the node says little: the group's template supplies ports and service account
+        vm = Mesh.connect(address, Workload("ratings-vm", "default", {"zone": "lab"}),
+                          group="ratings", ip="127.0.0.1", cache_dir=tmp_path / "vm",
+                          telemetry=False)
+        missing = Mesh.connect(address, Workload("other", "default", {}), group="nope",
+                               ip="127.0.0.2", cache_dir=tmp_path / "other", telemetry=False)
+        try:
+            assert _until(lambda: _status_of(caller) if _status_of(caller)[0] == 200
+                          else None, 3.0, "routing") == (200, "ratings-v1")
+            [entry] = server.registryz()  # the group "nope" does not exist: refused
+            assert entry["name"] == "ratings-127-0-0-1"
+            assert entry["labels"] == {"app": "ratings", "version": "v1", "zone": "lab"}
+            assert entry["ports"] == {"http": upstream.port}
+            assert entry["service_account"] == "bookinfo-ratings"
+            [we] = [r for r in caller.snapshot.config.of_kind("WorkloadEntry")]
+            assert we.labels == {"team": "stars"}
+            assert we.annotations["istio.io/autoRegistrationGroup"] == "ratings"
+            assert we.annotations["owner"] == "ratings-team"
+        finally:
+            for mesh in (vm, missing, caller):
+                mesh.close()
