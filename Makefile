@@ -1,5 +1,6 @@
 # One entry point for developers and CI. Every target installs what it needs.
-#   make demo   the main job: bookinfo as local processes with embedded meshes, six live scenes
+#   make demo   the main job: bookinfo as local processes with embedded meshes fed by the
+#               config service, seven live scenes
 #   make test   lint, type-check and the whole test suite
 #   make bench  the benchmarks (not part of the tests; see docs/performance.md)
 #   make test-matrix  the framework integrations against their oldest and latest versions

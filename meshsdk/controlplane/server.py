@@ -68,6 +68,7 @@ import datetime
 import hashlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -1166,6 +1167,9 @@ def build_parser(prog: str = "python -m meshsdk.controlplane.server") -> argpars
                         help="serve CSR signing with the CA in DIR (meshctl ca init)")
     parser.add_argument("--tokens", metavar="DIR",
                         help="bootstrap tokens for the CA: files <namespace>.<sa>.token")
+    parser.add_argument("--exit-with-parent", action="store_true",
+                        help="stop when the process that started this one exits (for "
+                        "supervisors and demos that may be killed outright)")
     return parser
 
 
@@ -1217,8 +1221,11 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                   f"{args.host}:{server.port}, debug on 127.0.0.1:{debug.port}"
                   + (", CA on the ADS port" if args.ca_dir else ""),
                   file=sys.stderr, flush=True)
+            parent = os.getppid()
             while not stop.wait(0.5):
-                pass
+                if args.exit_with_parent and os.getppid() != parent:
+                    print("parent exited", file=sys.stderr, flush=True)
+                    break
             print("stopping", file=sys.stderr, flush=True)
     except (MeshError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,14 +1,17 @@
 """``python -m meshsdk.demo`` (``make demo``): Istio's bookinfo as local processes, each
-app with its own embedded mesh, and seven scenes of live traffic through them.
+app with its own embedded mesh fed by the config service, and seven scenes of live
+traffic through them.
 
 * :mod:`meshsdk.demo.apps`: the tiny bookinfo apps (stdlib ``http.server``), one
-  process each;
-* :mod:`meshsdk.demo.fleet`: starting, watching and stopping those processes;
+  process each, whose mesh comes from ``Mesh.connect``;
+* :mod:`meshsdk.demo.fleet`: starting, watching and stopping the config service and
+  the apps;
+* :mod:`meshsdk.demo.edits`: the config edits on disk the scenes make, as a user would;
 * :mod:`meshsdk.demo.scenes`: the driver and its scenes;
 * :mod:`meshsdk.demo.display`: terminal output (live on a terminal, plain elsewhere).
 
-The apps are configured by ``examples/bookinfo``; the scenes add the YAML of
-``examples/demo`` to the driver's own mesh.
+The config service serves a temporary copy of ``examples/bookinfo``; the scenes edit
+that copy with the YAML of ``examples/demo``, and every mesh follows.
 """
 
 from meshsdk.demo.scenes import SCENES, main

@@ -1,9 +1,12 @@
 """The bookinfo apps of the demo: tiny stdlib HTTP servers, one process each.
 
+    python -m meshsdk.demo.apps reviews v2 --port 19083 --connect 127.0.0.1:19090
     python -m meshsdk.demo.apps reviews v2 --port 19083 --config examples/bookinfo
 
-Each app embeds its *own* mesh, built from the config directory as the workload
-``<app>-<version>`` (labels ``app`` and ``version``), and makes every outbound call
+Each app embeds its *own* mesh as the workload ``<app>-<version>`` (labels ``app`` and
+``version``), fed by the config service at ``--connect`` (``Mesh.connect``: it follows
+every config version the service pushes, and caches the last one in ``--cache-dir``),
+or loaded once from files with ``--config``. It makes every outbound call
 through ``mesh.client()``: productpage calls details and reviews, reviews v2 and v3
 call ratings, as in Istio's bookinfo. The ``end-user`` header is forwarded so
 header-based routes see the original user, and the caller's remaining time
@@ -235,18 +238,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("app", choices=APPS)
     parser.add_argument("version", help="the workload's version label, e.g. v1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--config", required=True, help="the mesh config (file or directory)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--connect", metavar="HOST:PORT",
+                        help="the config service feeding this app's mesh (Mesh.connect)")
+    source.add_argument("--config", help="the mesh config (file or directory), loaded once")
+    parser.add_argument("--cache-dir", help="with --connect: where the mesh caches its config")
+    parser.add_argument("--wait", type=float, default=20.0,
+                        help="with --connect: seconds to wait for a first config")
     parser.add_argument("--name", help="workload name (default: <app>-<version>)")
     parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args(argv)
     name = args.name or f"{args.app}-{args.version}"
     workload = Workload(name, "default", {"app": args.app, "version": args.version},
                         service_account=f"bookinfo-{args.app}")
-    try:
-        mesh = Mesh.from_config(args.config, workload=workload)
-    except ConfigError as exc:
-        print(f"{name}: mesh config {args.config}: {exc}", file=sys.stderr)
-        return 2
+    if args.connect:
+        mesh = Mesh.connect(args.connect, workload, cache_dir=args.cache_dir, wait=args.wait)
+        status = mesh.status()
+        if status.source is None:
+            print(f"{name}: no config from the config service at {args.connect} within "
+                  f"{args.wait:.0f}s: {status.last_error}", file=sys.stderr)
+            mesh.close()
+            return 2
+    else:
+        try:
+            mesh = Mesh.from_config(args.config, workload=workload)
+        except ConfigError as exc:
+            print(f"{name}: mesh config {args.config}: {exc}", file=sys.stderr)
+            return 2
     app = App(args.app, args.version, name, args.port, mesh)
     try:
         server = ThreadingHTTPServer((args.host, args.port), make_handler(app))

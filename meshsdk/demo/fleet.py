@@ -1,10 +1,16 @@
-"""The demo's bookinfo processes: one per WorkloadEntry, started, watched and stopped.
+"""The demo's processes: the config service, and one bookinfo app per WorkloadEntry.
 
-Every app runs as ``python -m meshsdk.demo.apps`` in its own session (a Ctrl-C in the
-terminal reaches only the demo, which then stops them in order). :meth:`Fleet.stop`
-terminates each by PID, waits, and kills what did not exit; it is safe to call
-twice and is also registered with ``atexit`` by the demo. As a last resort each app
-exits by itself when its parent process is gone.
+:class:`ConfigService` runs ``python -m meshsdk.controlplane.server`` on a temporary
+copy of the bookinfo config, on free ports next to the apps', and reads its debug
+HTTP port (``/readyz``, ``/debug/syncz``, ``/debug/config_dump``). Every app runs as
+``python -m meshsdk.demo.apps --connect ADDRESS``: its embedded mesh is fed by that
+service (``Mesh.connect``), not by files.
+
+Each process runs in its own session (a Ctrl-C in the terminal reaches only the demo,
+which then stops them in order: apps first, the service last). ``stop()`` terminates
+by PID, waits, and kills what did not exit; it is safe to call twice and the demo also
+registers it with ``atexit``. As a last resort each app exits by itself when its
+parent process is gone.
 """
 
 from __future__ import annotations
@@ -80,12 +86,144 @@ def listening(port: int, timeout: float = 0.2) -> bool:
         return False
 
 
-class Fleet:
-    """The processes of the demo. ``config_dir`` is what each app's own mesh loads."""
+def check_ports(specs: list[AppSpec]) -> None:
+    """Raise FleetError naming the first app port something already holds."""
+    for spec in specs:
+        if port_busy(spec.port) or listening(spec.port, 0.1):
+            raise FleetError(
+                f"port {spec.port} on {HOST} (for {spec.name}) is already in use; "
+                "is another demo running? Free the port and try again.")
 
-    def __init__(self, specs: list[AppSpec], config_dir: Path) -> None:
-        self.specs = specs
+
+def free_port(start: int, taken: tuple[int, ...] = (), tries: int = 50) -> int:
+    """The first port from ``start`` on that nothing holds (and not in ``taken``)."""
+    for port in range(start, start + tries):
+        if port not in taken and not port_busy(port) and not listening(port, 0.1):
+            return port
+    raise FleetError(f"no free port on {HOST} in {start}-{start + tries - 1}")
+
+
+def _child_env() -> dict[str, str]:
+    """The environment of a child: this checkout importable, no NO_COLOR."""
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    env.pop("NO_COLOR", None)
+    return env
+
+
+def _stop_process(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Terminate one process by PID, kill it if it is late; whether it was running."""
+    if proc.poll() is not None:
+        return False
+    with contextlib.suppress(OSError):
+        proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+    return True
+
+
+def _tail(log: IO[bytes] | None, lines: int) -> str:
+    if log is None or log.closed:
+        return ""
+    log.flush()
+    log.seek(0)
+    text = log.read().decode("utf-8", "replace").splitlines()
+    return "\n".join("    " + line for line in text[-lines:])
+
+
+class ConfigService:
+    """The config service of the demo, as a child process serving ``config_dir``.
+
+    ``port`` is the ADS (gRPC) port, ``debug_port`` its debug HTTP port; both on
+    127.0.0.1. :meth:`stop` ends it by PID (safe to call twice).
+    """
+
+    def __init__(self, config_dir: Path, port: int, debug_port: int, log_dir: Path) -> None:
         self.config_dir = config_dir
+        self.port = port
+        self.debug_port = debug_port
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_path = log_dir / "config-service.log"
+        self._log: IO[bytes] | None = None
+        self._http = httpx.Client(timeout=5.0)
+
+    @property
+    def address(self) -> str:
+        """What ``Mesh.connect`` takes: ``127.0.0.1:<ADS port>``."""
+        return f"{HOST}:{self.port}"
+
+    @property
+    def debug_url(self) -> str:
+        return f"http://{HOST}:{self.debug_port}"
+
+    def start(self) -> None:
+        self._log = open(self._log_path, "w+b")  # noqa: SIM115 (closed by stop())
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "meshsdk.controlplane.server", "--config",
+             str(self.config_dir), "--host", HOST, "--port", str(self.port),
+             "--debug-port", str(self.debug_port), "--exit-with-parent"],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            env=_child_env(), start_new_session=True)
+
+    def wait_ready(self, timeout: float = 30.0) -> float:
+        """Wait until ``/readyz`` answers 200; seconds taken. FleetError if it died or is late."""
+        assert self.proc is not None
+        start = time.monotonic()
+        while True:
+            if self.proc.poll() is not None:
+                raise FleetError(f"the config service exited with code {self.proc.returncode}"
+                                 f":\n{self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if self._http.get(self.debug_url + "/readyz").status_code == 200:
+                    return time.monotonic() - start
+            if time.monotonic() - start > timeout:
+                raise FleetError(f"the config service is not ready after {timeout:.0f}s:\n"
+                                 f"{self.log_tail()}")
+            time.sleep(0.05)
+
+    def debug(self, path: str) -> Any:
+        """``GET`` a debug endpoint (``/debug/syncz`` ...): its JSON."""
+        response = self._http.get(self.debug_url + path)
+        response.raise_for_status()
+        return response.json()
+
+    def version(self) -> str:
+        """The version the service serves (``/debug/config_dump``)."""
+        return str(self.debug("/debug/config_dump").get("version"))
+
+    def subscribers(self) -> list[dict[str, Any]]:
+        """``/debug/syncz``: one entry per connected mesh."""
+        data = self.debug("/debug/syncz")
+        return data if isinstance(data, list) else []
+
+    def log_tail(self, lines: int = 15) -> str:
+        return _tail(self._log, lines)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Terminate it by PID (kill if late); whether it was running."""
+        was_running = self.proc is not None and _stop_process(self.proc, timeout)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        self._http.close()
+        return was_running
+
+
+class Fleet:
+    """The bookinfo apps of the demo, each with a mesh fed by the config service at
+    ``address``; each app caches its config under ``cache_root/<name>``."""
+
+    def __init__(self, specs: list[AppSpec], address: str, cache_root: Path) -> None:
+        self.specs = specs
+        self.address = address
+        self.cache_root = cache_root
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._logs: dict[str, IO[bytes]] = {}
         self._log_dir: tempfile.TemporaryDirectory[str] | None = None
@@ -102,30 +240,22 @@ class Fleet:
 
     def check_ports(self) -> None:
         """Raise FleetError naming the first port something already holds."""
-        for spec in self.specs:
-            if port_busy(spec.port) or listening(spec.port, 0.1):
-                raise FleetError(
-                    f"port {spec.port} on {HOST} (for {spec.name}) is already in use; "
-                    "is another demo running? Free the port and try again.")
+        check_ports(self.specs)
 
     def start(self) -> None:
         self._log_dir = tempfile.TemporaryDirectory(prefix="meshsdk-demo-")
-        env = dict(os.environ)
-        package_root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root,
-                                                          env.get("PYTHONPATH")]))
-        env.pop("NO_COLOR", None)
+        env = _child_env()
         for spec in self.specs:
             log = open(Path(self._log_dir.name) / f"{spec.name}.log", "w+b")  # noqa: SIM115
             self._logs[spec.name] = log
             self.procs[spec.name] = subprocess.Popen(
                 [sys.executable, "-m", "meshsdk.demo.apps", spec.app, spec.version,
-                 "--port", str(spec.port), "--config", str(self.config_dir),
-                 "--name", spec.name],
+                 "--port", str(spec.port), "--connect", self.address,
+                 "--cache-dir", str(self.cache_root / spec.name), "--name", spec.name],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True)
 
-    def wait_ready(self, timeout: float = 20.0) -> float:
+    def wait_ready(self, timeout: float = 40.0) -> float:
         """Wait until every app listens; seconds taken. FleetError if one died or is late.
 
         A listening port is not enough: the app answering on it must be *our* process
@@ -156,13 +286,7 @@ class Fleet:
             return False
 
     def log_tail(self, name: str, lines: int = 15) -> str:
-        log = self._logs.get(name)
-        if log is None:
-            return ""
-        log.flush()
-        log.seek(0)
-        text = log.read().decode("utf-8", "replace").splitlines()
-        return "\n".join("    " + line for line in text[-lines:])
+        return _tail(self._logs.get(name), lines)
 
     def alive(self) -> list[str]:
         return [name for name, proc in self.procs.items() if proc.poll() is None]
@@ -175,11 +299,7 @@ class Fleet:
                 proc.terminate()
         end = time.monotonic() + timeout
         for proc in running:
-            try:
-                proc.wait(max(end - time.monotonic(), 0.05))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            _stop_process(proc, max(end - time.monotonic(), 0.05))
         self.stopped += len(running)
         for log in self._logs.values():
             log.close()

@@ -1,11 +1,20 @@
-"""The demo driver: bookinfo in seven local processes, and seven scenes of live traffic.
+"""The demo driver: the config service, bookinfo in seven local processes, and seven
+scenes of live traffic.
+
+The demo copies ``examples/bookinfo`` to a temporary directory and serves it with the
+config service (``python -m meshsdk.controlplane.server``, a child process on free
+ports next to the apps'). Every app and the driver build their mesh with
+``Mesh.connect``: nothing is loaded from files by the meshes themselves.
 
 The driver is itself a workload (``demo-driver``) with its own embedded mesh. It
 calls ``http://reviews:9080/reviews/0`` through ``mesh.client()`` and reads what
 the mesh did from each response's ``CallInfo`` (``response.extensions["meshsdk"]``):
-which endpoint answered, how many attempts it took, which response flags were set.
-Between scenes it swaps its configuration with ``mesh.update()``, exactly as an app
-would when its Istio YAML changes.
+which route matched, which endpoint answered, how many attempts it took, which
+response flags were set. Between scenes it edits the YAML in the served directory, as
+an operator would (:mod:`meshsdk.demo.edits`); the service pushes the new version to
+every mesh. Scene 3 times that path, from the file write to the first call routed by
+the new rule, under load. The service's version and ``/debug/syncz`` (which meshes
+are connected and which version each ACKed) are read over its debug HTTP port.
 
 Every scene is bounded in calls and in time, checks its expectations, and ends in
 the summary table; the exit code is 0 only when every scene passed.
@@ -19,6 +28,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -33,8 +43,20 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshsdk import CallInfo, Config, ConfigError, Mesh, Workload, load_config
+from meshsdk.controlplane.filestore import content_hash
 from meshsdk.demo.display import Display
-from meshsdk.demo.fleet import AppSpec, Fleet, FleetError, listening, specs_from
+from meshsdk.demo.edits import add_file, copy_config, replace_resource
+from meshsdk.demo.fleet import (
+    HOST,
+    AppSpec,
+    ConfigService,
+    Fleet,
+    FleetError,
+    check_ports,
+    free_port,
+    listening,
+    specs_from,
+)
 from meshsdk.telemetry.prometheus import MetricsServer
 
 EXTENSION = "meshsdk"
@@ -43,11 +65,19 @@ REVIEWS_URL = "http://reviews:9080/reviews/0"
 PRODUCTPAGE_URL = "http://productpage:9080/productpage"
 REPLICA = "reviews-v1-b"
 HEALTHY = "reviews-v1"
+CANARY_ROUTE = "canary"
+"""The name of the 80/20 rule in ``routes.yaml``: calls it routed ran on the old split."""
+SERVICE_PORT = 19090
+"""Where the search for the config service's free ports starts (the apps use 19080-)."""
+LIVE_WITHIN = 1.0
+"""Scene 3: seconds from a file write to the first call on the new split, at most."""
+CONVERGE_TIMEOUT = 15.0
+"""Seconds to wait for every mesh to take a new version (bounded, generous under load)."""
 
 SCENES: tuple[tuple[str, str], ...] = (
     ("canary 80/20", "the 80/20 canary"),
     ("A/B by header", "A/B by header: end-user jason sees v2"),
-    ("live config change", "a config change under load, zero failed calls"),
+    ("live config change", "a config edit on disk under load: live in < 1s, zero failed"),
     ("fault injection", "fault injection: delay and abort"),
     ("retries", "retries save calls to a flaky endpoint"),
     ("outlier detection", "outlier detection ejects an endpoint, then takes it back"),
@@ -85,10 +115,15 @@ class Call:
     started: float
     body: Any = None
     error: str | None = None
+    route: str | None = None    # CallInfo.route: the name of the rule that matched
 
     @property
     def ok(self) -> bool:
         return self.status == 200 and self.error is None
+
+    @property
+    def ended(self) -> float:
+        return self.started + self.seconds
 
     def has(self, flag: str) -> bool:
         return flag in self.flags.split(",")
@@ -115,7 +150,7 @@ def call(client: httpx.Client, url: str = REVIEWS_URL, user: str | None = None) 
         return Call(response.status_code, version, None, "-", 1, False, seconds, started, body,
                     error="no CallInfo on the response (not a mesh call?)")
     return Call(response.status_code, version, info.upstream, info.response_flags,
-                info.attempts, info.local_reply, seconds, started, body)
+                info.attempts, info.local_reply, seconds, started, body, route=info.route)
 
 
 def shares(calls: Sequence[Call]) -> dict[str, float]:
@@ -148,6 +183,10 @@ def expected_text(expected: dict[str, float], n: int) -> str:
     return " / ".join(f"{v} {pct:.0f}%" for v, pct in expected.items()) + (
         f" (±{max(tolerance(p, n) for p in expected.values()):.1f})"
         if any(0 < p < 100 for p in expected.values()) else "")
+
+
+def _secs(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{seconds:.2f}s"
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -206,6 +245,16 @@ class Sizes:
                    flaky=150, settle=40)
 
 
+@dataclass(frozen=True, slots=True)
+class Edit:
+    """One config edit on disk and how the mesh took it (times in seconds after the write)."""
+
+    written: float              # time.monotonic() when the last file was written
+    version: str | None         # the version the driver's mesh runs afterwards
+    applied: float | None       # the driver's mesh applied it (mesh.status().last_change)
+    acked: float | None         # every subscriber had ACKed it (/debug/syncz)
+
+
 class Demo:
     """One run of the demo: its configs, processes, driver mesh and scene results."""
 
@@ -220,18 +269,15 @@ class Demo:
         self.mesh: Mesh | None = None
         self.client: httpx.Client | None = None
         self.fleet: Fleet | None = None
+        self.service: ConfigService | None = None
         self.metrics: MetricsServer | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.config_dir = Path()
+        """The served copy of ``bookinfo`` (set by :meth:`run`); the scenes edit it."""
         self._stop_traffic = threading.Event()
         self._threads: list[threading.Thread] = []
 
     # -- configs ------------------------------------------------------------------------
-
-    def _files(self, *names: str) -> list[Path]:
-        return [(self.demo_dir if name.startswith("demo/") else self.bookinfo)
-                / name.removeprefix("demo/") for name in names]
-
-    def _load(self, *names: str) -> Config:
-        return load_config(*self._files(*names))
 
     def _rel(self, path: Path) -> str:
         try:
@@ -240,15 +286,14 @@ class Demo:
             return str(path)
 
     def load_configs(self) -> None:
-        base = ("mesh.yaml", "services.yaml")
-        self.cfg_canary = load_config(self.bookinfo)
-        self.cfg_fifty = self._load(*base, "destination-rules.yaml", "demo/reviews-50-v3.yaml")
-        self.cfg_fault = self._load(*base, "destination-rules.yaml", "demo/reviews-fault.yaml")
-        self.cfg_retries = self._load(*base, "demo/replica.yaml",
-                                      "demo/destination-rule-reviews.yaml",
-                                      "demo/reviews-retries.yaml")
+        """Validate the configs up front (ConfigError) and read the apps to start."""
+        self.cfg_canary: Config = load_config(self.bookinfo)
+        for name in ("reviews-50-v3.yaml", "reviews-fault.yaml", "reviews-retries.yaml",
+                     "destination-rule-reviews.yaml"):
+            load_config(self.bookinfo, self.demo_dir / name)  # as the scenes will combine them
+        replica = load_config(self.demo_dir / "replica.yaml")
         self.specs: list[AppSpec] = specs_from(self.cfg_canary) + [
-            s for s in specs_from(self._load("demo/replica.yaml")) if s.name == REPLICA]
+            s for s in specs_from(replica) if s.name == REPLICA]
 
     # -- the whole run --------------------------------------------------------------------
 
@@ -256,30 +301,22 @@ class Demo:
         out = self.out
         started = time.monotonic()
         out.line(out.style("meshsdk demo", "bold") + ": Istio's bookinfo as "
-                 "local processes, each with its own embedded mesh, configured by "
-                 f"{self._rel(self.bookinfo)}")
+                 "local processes, each with its own embedded mesh, fed by the config "
+                 f"service serving a copy of {self._rel(self.bookinfo)}")
         try:
             self.load_configs()
         except ConfigError as exc:
             out.line(out.style(f"error: {exc}", "red"))
             return 2
-        fleet = self.fleet = Fleet(self.specs, self.bookinfo)
         atexit.register(self.shutdown)
         try:
             try:
-                fleet.check_ports()
-                fleet.start()
-                took = fleet.wait_ready()
+                self._start()
             except FleetError as exc:
                 out.line(out.style(f"error: {exc}", "bold", "red"))
                 return 3
-            self._show_fleet(took)
-            self.mesh = Mesh.from_config(self.cfg_canary, workload=Workload(
-                "demo-driver", "default", {"app": "demo-driver", "version": "v1"},
-                service_account="demo-driver"))
-            self.mesh.add_observer(self.tally.observe)
-            self.metrics = self.mesh.serve_metrics(port=0)  # a free port: no clash
-            self.client = self.mesh.client()
+            fleet = self.fleet
+            assert fleet is not None
             if not self._first_page():
                 return 3
             scenes: list[Callable[[], SceneResult]] = [
@@ -304,16 +341,69 @@ class Demo:
                     for d in dead:
                         out.line(fleet.log_tail(d.name))
                     break
+                if self.service is not None and not self.service.alive():
+                    out.line(out.style("  the config service died:", "red"))
+                    out.line(self.service.log_tail())
+                    break
             return self._summary(time.monotonic() - started)
         except KeyboardInterrupt:
             out.done()
-            out.line(out.style("interrupted: stopping the apps", "yellow"))
+            out.line(out.style("interrupted: stopping the apps and the config service",
+                               "yellow"))
             return 130
         finally:
             self.shutdown()
 
+    def _start(self) -> None:
+        """Config service, apps, driver mesh: started in that order, each waited for.
+
+        Raises FleetError when a port is busy or a process fails to come up."""
+        out = self.out
+        check_ports(self.specs)  # before anything starts: a busy app port stops the demo
+        app_ports = tuple(s.port for s in self.specs)
+        ads = free_port(SERVICE_PORT, app_ports)
+        debug = free_port(ads + 1, (*app_ports, ads))
+        self._tmp = tempfile.TemporaryDirectory(prefix="meshsdk-demo-")
+        root = Path(self._tmp.name)
+        self.config_dir = root / "config"
+        copy_config(self.bookinfo, self.config_dir)
+        (root / "logs").mkdir()
+        service = self.service = ConfigService(self.config_dir, ads, debug, root / "logs")
+        service.start()
+        took = service.wait_ready()
+        assert service.proc is not None
+        out.line(f"started the config service (pid {service.proc.pid}) after {took:.1f}s: "
+                 f"ADS {service.address}, debug {HOST}:{service.debug_port}")
+        out.line(f"  serving {self.config_dir} (a copy of {self._rel(self.bookinfo)}), "
+                 f"version {service.version()}")
+        fleet = self.fleet = Fleet(self.specs, service.address, root / "cache")
+        fleet.start()
+        self._show_fleet(fleet.wait_ready())
+        self.mesh = Mesh.connect(service.address, workload=Workload(
+            "demo-driver", "default", {"app": "demo-driver", "version": "v1"},
+            service_account="demo-driver"), cache_dir=root / "cache" / "demo-driver",
+            wait=CONVERGE_TIMEOUT)
+        status = self.mesh.status()
+        if status.source != "server":
+            raise FleetError(f"the driver's mesh got no config from {service.address}: "
+                             f"{status.last_error}")
+        self.mesh.add_observer(self.tally.observe)
+        self.metrics = self.mesh.serve_metrics(port=0)  # a free port: no clash
+        self.client = self.mesh.client()
+        version = status.version or "?"
+        synced, subscribers = self._wait_acked(version, time.monotonic() + CONVERGE_TIMEOUT)
+        out.line(f"the driver's mesh: Mesh.connect(\"{service.address}\") {self._arrow} "
+                 f"version {version} from the {status.source}")
+        out.line(f"  /debug/syncz: {subscribers} meshes connected ({len(self.specs)} apps and "
+                 f"the driver), {synced} ACKed {version}")
+
+    @property
+    def _arrow(self) -> str:
+        return self.out.glyph("→", "->")
+
     def shutdown(self) -> None:
-        """Stop traffic, close the driver's mesh, stop every app; safe to call twice."""
+        """Stop traffic, close the driver's mesh, stop every app, then the config service;
+        safe to call twice."""
         self._stop_traffic.set()
         for thread in self._threads:
             thread.join(timeout=5)
@@ -327,26 +417,40 @@ class Demo:
         if self.mesh is not None:
             self.mesh.close()
             self.mesh = None
+        ports: list[int] = []
+        count = 0
         if self.fleet is not None:
             fleet = self.fleet
             count = fleet.stop()
             self.fleet = None  # only now: if stop() was interrupted, atexit tries again
-            if count:
-                ports = [s.port for s in fleet.specs]
-                left = [p for p in ports if listening(p)]
-                self.out.line(f"stopped {count} processes; " + (
-                    f"still listening: {left}" if left else
-                    f"nothing is left listening on ports {', '.join(map(str, ports))}"))
+            ports += [s.port for s in fleet.specs]
+        stopped_service = False
+        if self.service is not None:
+            service = self.service
+            stopped_service = service.stop()
+            self.service = None
+            ports += [service.port, service.debug_port]
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+        if count or stopped_service:
+            left = [p for p in ports if listening(p)]
+            what = f"stopped {count} apps" + (" and the config service" if stopped_service
+                                               else "")
+            self.out.line(f"{what}; " + (
+                f"still listening: {left}" if left else
+                f"nothing is left listening on ports {', '.join(map(str, ports))}"))
 
     # -- start-up -------------------------------------------------------------------------
 
     def _show_fleet(self, took: float) -> None:
         out = self.out
         assert self.fleet is not None
-        out.line(f"started {len(self.specs)} processes, all listening after {took:.1f}s:")
+        out.line(f"started {len(self.specs)} apps, each with Mesh.connect(\"{self.fleet.address}"
+                 f"\"), all listening after {took:.1f}s:")
         for spec in self.specs:
             proc = self.fleet.procs[spec.name]
-            extra = "  (extra replica, from examples/demo/replica.yaml)" \
+            extra = "  (extra replica: joins the config in scene 5, examples/demo/replica.yaml)" \
                 if spec.name == REPLICA else ""
             out.line(f"  {spec.name:<15} {spec.address:<16} pid {proc.pid}{extra}")
 
@@ -375,14 +479,67 @@ class Demo:
         assert self.client is not None
         return self.client
 
-    def _update(self, config: Config, *files: str) -> float:
-        assert self.mesh is not None
-        t0 = time.monotonic()
-        self.mesh.update(config)
-        took = time.monotonic() - t0
-        names = ", ".join(self._rel(p) for p in self._files(*files))
-        self.out.line(f"  mesh.update(): {names} ({took * 1000:.1f} ms)")
-        return took
+    # -- config edits through the config service ------------------------------------------
+
+    def _wait_acked(self, version: str, until: float) -> tuple[int, int]:
+        """Poll ``/debug/syncz`` until every mesh (the apps and the driver) ACKed
+        ``version`` or ``until``; (how many did, how many are connected)."""
+        assert self.service is not None
+        expected = len(self.specs) + 1
+        synced = connected = 0
+        while True:
+            try:
+                subs = self.service.subscribers()
+            except httpx.HTTPError:
+                subs = []
+            connected = len(subs)
+            synced = sum(s.get("acked_version") == version for s in subs)
+            if (synced >= expected and synced == connected) or time.monotonic() >= until:
+                return synced, connected
+            time.sleep(0.02)
+
+    def _edit(self, *changes: tuple[str, str]) -> Edit:
+        """Edit the served directory as a user would, then follow the new version.
+
+        Each change is ``(file in the served directory, file of examples/demo)``: the
+        resource of the demo file replaces the one of the same kind and name in that
+        file, or the demo file is added when the served one does not exist. Waits
+        (bounded) until the driver's mesh runs the new version and every mesh ACKed it.
+        """
+        assert self.mesh is not None and self.service is not None
+        out = self.out
+        for target_name, source_name in changes:
+            target, source = self.config_dir / target_name, self.demo_dir / source_name
+            text = source.read_text(encoding="utf-8")
+            if target.exists():
+                kind, name = replace_resource(
+                    target, text, f"edited by the demo: from examples/demo/{source_name}")
+                out.line(f"  edit {target_name}: {kind} {name} {self._arrow} the one in "
+                         f"{self._rel(source)}")
+            else:
+                add_file(target, text)
+                out.line(f"  add  {target_name}: a copy of {self._rel(source)}")
+        written = time.monotonic()
+        digest = content_hash(self.config_dir)[:8]
+        end = written + CONVERGE_TIMEOUT
+        status = self.mesh.status()
+        while not (status.version or "").endswith(f"-{digest}") and time.monotonic() < end:
+            time.sleep(0.005)
+            status = self.mesh.status()
+        version = status.version
+        if version is None or not version.endswith(f"-{digest}"):
+            out.line(out.style(f"    the driver's mesh did not get the edit within "
+                               f"{CONVERGE_TIMEOUT:.0f}s (still on {version}; "
+                               f"{status.last_error})", "red"))
+            return Edit(written, version, None, None)
+        applied = None if status.last_change is None else status.last_change - written
+        synced, connected = self._wait_acked(version, end)
+        acked = time.monotonic() - written if synced == connected == len(self.specs) + 1 \
+            else None
+        out.line(f"    config service: version {version}; the driver's mesh applied it "
+                 f"{_secs(applied)} after the write; /debug/syncz: {synced} of {connected} "
+                 f"meshes ACKed it" + (f" within {acked:.2f}s" if acked is not None else ""))
+        return Edit(written, version, applied, acked)
 
     def _bars(self, split: dict[str, float], counts: Counter[str], indent: str = "    ") -> None:
         out = self.out
@@ -475,7 +632,7 @@ class Demo:
 
     def scene_canary(self) -> SceneResult:
         out = self.out
-        out.line(f"  {self._rel(self.bookinfo / 'routes.yaml')}: reviews {out.glyph('→', '->')}"
+        out.line(f"  routes.yaml, as the config service pushed it: reviews {self._arrow}"
                  " 80% v1, 20% v3 (the 'canary' route); "
                  f"{self.n.canary} calls to {REVIEWS_URL}")
         t0 = time.monotonic()
@@ -533,15 +690,18 @@ class Demo:
     # -- scene 3 --------------------------------------------------------------------------
 
     def scene_update(self) -> SceneResult:
+        """Edit routes.yaml on disk while four threads call without pause: the service
+        pushes the 50/50 split to every mesh; no call fails, and the first call routed
+        by the new rule comes back well within a second of the write."""
         out = self.out
         workers, side = 4, self.n.update_side
-        out.line(f"  {workers} threads send calls without pause; after {side} calls the "
-                 "driver swaps its config to a 50/50 split, as Istio's "
+        out.line(f"  {workers} threads send calls without pause; after {side} calls the demo "
+                 "edits routes.yaml in the served directory to a 50/50 split, as Istio's "
                  "virtual-service-reviews-50-v3.yaml")
         records: list[Call] = []
         lock = threading.Lock()
         in_flight = [0]
-        end = time.monotonic() + 20.0
+        end = time.monotonic() + 20.0 + CONVERGE_TIMEOUT
         client = self._client()
         stop = threading.Event()
 
@@ -555,6 +715,10 @@ class Demo:
                     in_flight[0] -= 1
                     records.append(c)
 
+        def on_new_split() -> list[Call]:
+            with lock:
+                return [c for c in records if c.ok and c.route != CANARY_ROUTE]
+
         threads = [threading.Thread(target=work, name=f"traffic-{i}", daemon=True)
                    for i in range(workers)]
         self._threads.extend(threads)
@@ -562,18 +726,16 @@ class Demo:
             t.start()
         try:
             while len(records) < side and time.monotonic() < end:
-                self._live_split("before:", list(records), side)
+                with lock:
+                    self._live_split("before:", list(records), side)
                 time.sleep(0.02)
             out.done()
             with lock:
                 flying = in_flight[0]
-            t_from = time.monotonic()
-            self._update(self.cfg_fifty, "mesh.yaml", "services.yaml",
-                         "destination-rules.yaml", "demo/reviews-50-v3.yaml")
-            t_to = time.monotonic()
-            out.line(f"    applied with {flying} calls in flight and traffic still flowing")
-            while time.monotonic() < end:
-                after = [c for c in list(records) if c.started >= t_to]
+            out.line(f"  {flying} calls in flight as the file is written; traffic keeps flowing")
+            edit = self._edit(("routes.yaml", "reviews-50-v3.yaml"))
+            while time.monotonic() < end:  # poll: the threads' calls, until enough are new
+                after = on_new_split()
                 self._live_split("after: ", after, side)
                 if len(after) >= side:
                     break
@@ -584,33 +746,44 @@ class Demo:
                 t.join(timeout=10)
                 self._threads.remove(t)
         out.done()
-        before = [c for c in records if c.started + c.seconds < t_from]
-        after = [c for c in records if c.started >= t_to]
-        during = len(records) - len(before) - len(after)
+        before = [c for c in records if c.route == CANARY_ROUTE]
+        after = [c for c in records if c.ok and c.route != CANARY_ROUTE]
         failed = [c for c in records if not c.ok]
-        for label, group in (("before", before), ("after", after)):
-            out.line(f"    {label} the update ({len(group)} calls):")
+        first = min(after, key=lambda c: c.ended, default=None)
+        live = None if first is None else first.ended - edit.written
+        # once a call came back on the new split, no call started later may use the old one
+        stale = [c for c in before if first is not None and c.started > first.ended]
+        for label, group in (("on the 80/20 rule", before), ("on the new 50/50 rule", after)):
+            out.line(f"    {label} ({len(group)} calls):")
             self._bars(shares(group), Counter(c.version or "?" for c in group if c.ok), "      ")
-        out.line(f"    {len(records)} calls in all ({during} spanning the update), "
-                 + out.style(f"{len(failed)} failed", "bold", "green" if not failed else "red"))
+        live_ok = live is not None and live < LIVE_WITHIN
+        out.line("    first call routed by the new rule came back "
+                 + out.style(f"{_secs(live)} after the file write", "bold",
+                             "green" if live_ok else "red")
+                 + f" (watcher, push, mesh.update, call; must be < {LIVE_WITHIN:g}s)")
+        out.line(f"    {len(records)} calls in all, "
+                 + out.style(f"{len(failed)} failed", "bold", "green" if not failed else "red")
+                 + (f", {len(stale)} on the old rule after the switch" if stale else ""))
         for c in failed[:3]:
             out.line(f"      failed: {c.status} {c.flags} {c.error or ''}")
         exp_b, exp_a = {"v1": 80.0, "v3": 20.0}, {"v1": 50.0, "v3": 50.0}
-        passed = (not failed and len(before) >= side // 2 and len(after) >= side
+        passed = (not failed and not stale and live_ok and edit.applied is not None
+                  and len(before) >= side // 2 and len(after) >= side
                   and within(shares(before), exp_b, len(before))
                   and within(shares(after), exp_a, len(after)))
         sb, sa = shares(before), shares(after)
         return SceneResult(
             3, f"0 failed; 80/20 ±{tolerance(20, len(before)):.0f}, "
-               f"then 50/50 ±{tolerance(50, len(after)):.0f}",
+               f"then 50/50 ±{tolerance(50, len(after)):.0f}; live < {LIVE_WITHIN:g}s",
             f"{len(failed)} failed of {len(records)}; {sb.get('v1', 0):.0f}/"
-            f"{sb.get('v3', 0):.0f} then {sa.get('v1', 0):.0f}/{sa.get('v3', 0):.0f}", passed)
+            f"{sb.get('v3', 0):.0f} then {sa.get('v1', 0):.0f}/{sa.get('v3', 0):.0f}; "
+            f"live in {_secs(live)}", passed)
 
     # -- scene 4 --------------------------------------------------------------------------
 
     def scene_faults(self) -> SceneResult:
         out = self.out
-        self._update(self.cfg_fault, "demo/reviews-fault.yaml")
+        edit = self._edit(("routes.yaml", "reviews-fault.yaml"))
         out.line("  for end-user jason: fault.delay 200ms on 100%, fault.abort 503 on 50%; "
                  "everyone else: untouched")
         n = self.n.fault_each
@@ -640,8 +813,9 @@ class Demo:
         row("everyone else", others, lat_o, sum(c.status == 503 for c in others), flags_o)
         abort_ok = abs(abort_pct - 50.0) <= tolerance(50.0, len(jason))
         clean_others = all(c.ok and c.version == "v1" and c.flags == "-" for c in others)
-        passed = (len(jason) == n and len(others) == n and len(delayed) == n and abort_ok
-                  and len(aborted) + len(served) == n and clean_others)
+        passed = (edit.applied is not None and len(jason) == n and len(others) == n
+                  and len(delayed) == n and abort_ok and len(aborted) + len(served) == n
+                  and clean_others)
         return SceneResult(
             4, f"DI all >=200ms, FI 50% ±{tolerance(50.0, n):.0f}; others clean",
             f"DI {len(delayed)}/{len(jason)}, FI {abort_pct:.0f}%; others "
@@ -655,8 +829,9 @@ class Demo:
         replica, healthy = self._replica_address(), self._healthy_address()
         out.line(f"  {REPLICA} ({replica}) joins reviews v1 next to {HEALTHY} ({healthy}); "
                  "route: v1 with retries {attempts: 2, retryOn: 5xx}")
-        self._update(self.cfg_retries, "demo/replica.yaml", "demo/destination-rule-reviews.yaml",
-                     "demo/reviews-retries.yaml")
+        edit = self._edit(("replica.yaml", "replica.yaml"),
+                          ("destination-rules.yaml", "destination-rule-reviews.yaml"),
+                          ("routes.yaml", "reviews-retries.yaml"))
         self.fleet.admin(REPLICA, "/admin/mode", m="flaky", every="3")
         out.line(f"  {REPLICA} now answers 503 to every 3rd request it receives")
         calls = self._sequential(self.n.flaky, "calls")
@@ -672,8 +847,8 @@ class Demo:
                  f"{by_upstream[replica]}; {retried} calls took 2 attempts")
         out.line("    " + out.style(f"{failures} upstream failures, {failed} failed calls",
                                     "bold", "green" if not failed and failures else "red"))
-        passed = (len(calls) == self.n.flaky and failed == 0 and failures > 0
-                  and retried == failures)
+        passed = (edit.applied is not None and len(calls) == self.n.flaky and failed == 0
+                  and failures > 0 and retried == failures)
         return SceneResult(5, "upstream failures, 0 failed calls",
                            f"{failures} upstream failures, {failed} failed calls", passed)
 
@@ -822,6 +997,15 @@ class Demo:
             out.line()
             out.line(f"  the driver's mesh observed {self.tally.calls} calls "
                      f"({self.tally.attempts} attempts); response flags: {flags or 'none'}")
+        if self.service is not None:
+            try:
+                version = self.service.version()
+                subs = self.service.subscribers()
+                synced = sum(s.get("acked_version") == version for s in subs)
+                out.line(f"  the config service serves version {version}; /debug/syncz: "
+                         f"{len(subs)} meshes connected, {synced} on that version")
+            except httpx.HTTPError as exc:
+                out.line(f"  the config service did not answer: {exc}")
         passed = sum(r.passed for r in self.results)
         all_ok = passed == len(SCENES)
         out.line(f"  {passed}/{len(SCENES)} scenes passed in {took:.1f}s: "
@@ -854,9 +1038,11 @@ def _watchdog(seconds: float, demo: Demo) -> threading.Timer:
     """Last resort against a hung call: stop the apps and exit after ``seconds``."""
     def fire() -> None:
         demo.out.line(f"error: the demo did not finish within {seconds:.0f}s; stopping")
-        fleet = demo.fleet
+        fleet, service = demo.fleet, demo.service
         if fleet is not None:
             fleet.stop()
+        if service is not None:
+            service.stop()
         os._exit(4)
 
     timer = threading.Timer(seconds, fire)
@@ -869,19 +1055,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = _repo_root()
     parser = argparse.ArgumentParser(
         prog="python -m meshsdk.demo",
-        description="Bookinfo as local processes with embedded meshes, and seven scenes of "
-                    "live traffic: canary, header routing, a config change under load, "
-                    "faults, retries and outlier detection.")
+        description="Bookinfo as local processes with embedded meshes fed by the config "
+                    "service, and seven scenes of live traffic: canary, header routing, a "
+                    "config edit on disk under load, faults, retries and outlier detection.")
     parser.add_argument("--quick", action="store_true", help="fewer calls (for tests)")
     parser.add_argument("--no-color", action="store_true", help="plain text output")
     parser.add_argument("--config", type=Path, default=root / "examples" / "bookinfo",
-                        help="the bookinfo config directory (default: %(default)s)")
+                        help="the bookinfo config directory; a temporary copy of it is "
+                             "served (default: %(default)s)")
     parser.add_argument("--demo-config", type=Path, default=root / "examples" / "demo",
                         help="the scenes' extra YAML (default: %(default)s)")
     args = parser.parse_args(argv)
     display = Display(sys.stdout, color=False if args.no_color else None)
     demo = Demo(display, args.config, args.demo_config, args.quick)
-    timer = _watchdog(120.0, demo)
+    timer = _watchdog(240.0, demo)
     try:
         with _exit_on_sigterm():
             return demo.run()
