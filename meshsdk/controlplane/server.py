@@ -82,7 +82,7 @@ from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 import grpc  # type: ignore[import-untyped]
-from envoy.service.discovery.v3 import ads_pb2_grpc  # type: ignore[import-untyped]
+from envoy.service.discovery.v3 import discovery_pb2  # type: ignore[import-untyped]
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -115,7 +115,6 @@ from meshsdk.controlplane.wire import (
     parse_request,
     resource_document,
     snapshot_response,
-    with_nonce,
 )
 from meshsdk.errors import ConfigError, MeshError
 
@@ -127,6 +126,7 @@ __all__ = ["ConfigServer", "DebugServer", "is_visible", "main", "registration_do
 
 log = logging.getLogger(__name__)
 
+ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 DEFAULT_PORT = 15010
 DEFAULT_DEBUG_PORT = 15014
 MAX_STREAMS = 10_000
@@ -218,7 +218,88 @@ class _Abort:
     message: str
 
 
-_QueueItem = ProtoMessage | _Abort | None
+@dataclass(frozen=True, slots=True)
+class _Response:
+    """Queue item: a response serialized once per version and audience, without its
+    nonce, and the nonce it goes out with (appended when it is sent, see _wire_bytes)."""
+
+    type_url: str
+    payload: bytes
+    nonce: str
+
+    def wire_bytes(self) -> bytes:
+        """The serialized DiscoveryResponse with this subscriber's nonce.
+
+        Protocol buffers allow a field to follow the others: appending ``nonce`` (field 5,
+        length-delimited) to the template's bytes gives the same message as setting it,
+        without copying and re-serializing a large response per subscriber.
+        """
+        data = self.nonce.encode()
+        return self.payload + _NONCE_TAG + _varint(len(data)) + data
+
+
+_NONCE_TAG = bytes([5 << 3 | 2])   # DiscoveryResponse.nonce: field 5, wire type 2
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+_QueueItem = _Response | _Abort | None
+
+
+class _Outbox:
+    """A subscriber's pending sends, on the loop thread only, with conflation.
+
+    A response for a type that still waits to be sent is replaced in place by the newer
+    one, and a waiting snapshot marker is dropped when a newer marker is queued (the new
+    one goes last, after every response it names). So a slow subscriber receives the
+    latest state once instead of every intermediate version, and the queue stays bounded
+    by the number of types, whatever the churn.
+    """
+
+    def __init__(self) -> None:
+        self._items: collections.deque[list[Any]] = collections.deque()
+        self._pending: dict[str, list[Any]] = {}   # type URL -> its waiting entry
+        self._ready = asyncio.Event()
+
+    def put(self, item: _QueueItem) -> None:
+        if isinstance(item, _Response):
+            waiting = self._pending.get(item.type_url)
+            if waiting is not None and item.type_url != SNAPSHOT_TYPE_URL:
+                waiting[0] = item
+                return
+            if waiting is not None:      # an older marker: it must not come first
+                waiting[0] = _SKIP
+            entry = [item]
+            self._pending[item.type_url] = entry
+            self._items.append(entry)
+        else:
+            self._items.append([item])
+        self._ready.set()
+
+    async def get(self) -> _QueueItem:
+        while True:
+            while not self._items:
+                self._ready.clear()
+                await self._ready.wait()
+            entry = self._items.popleft()
+            item = entry[0]
+            if item is _SKIP:
+                continue
+            if isinstance(item, _Response) and self._pending.get(item.type_url) is entry:
+                del self._pending[item.type_url]
+            return item  # type: ignore[no-any-return]
+
+
+_SKIP = object()
 
 
 @dataclass(slots=True)
@@ -228,7 +309,7 @@ class _Subscriber:
     connection_id: str
     peer: str
     connected_since: float
-    outbox: asyncio.Queue[_QueueItem] = field(default_factory=asyncio.Queue)
+    outbox: _Outbox = field(default_factory=_Outbox)
     node: NodeIdentity | None = None
     types: dict[str, _TypeState] = field(default_factory=dict)
     sent_version: str = ""       # the version of the latest response queued
@@ -347,7 +428,7 @@ def registration_document(node: NodeIdentity, group: Resource | None = None) -> 
 # --- the gRPC server ----------------------------------------------------------------------
 
 
-class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
+class ConfigServer:
     """Serve a started ConfigStore over ADS; see the module docstring for the protocol.
 
     Usage::
@@ -392,9 +473,9 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
         self._registry: dict[tuple[str, str], _Registration] = {}
         # (type, namespace) -> the response of the current version (nonce empty) and a
         # digest of its resources
-        self._encoded: dict[tuple[str, str], tuple[ProtoMessage, str]] = {}
+        self._encoded: dict[tuple[str, str], tuple[bytes, str]] = {}
         self._audiences: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
-        self._markers: dict[tuple[tuple[str, str], ...], ProtoMessage] = {}
+        self._markers: dict[tuple[tuple[str, str], ...], bytes] = {}
         self._batch: list[tuple[_Subscriber, _QueueItem]] | None = None
         self._nonces = 0
         self._nonce_prefix = uuid.uuid4().hex[:8] + "-"
@@ -468,7 +549,12 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
             migration_thread_pool=futures.ThreadPoolExecutor(max_workers=4,
                                                              thread_name_prefix="ads-sync"),
             maximum_concurrent_rpcs=self.max_streams)
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, server)
+        # responses leave as bytes made by _Response.wire_bytes (identity serializer)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            ADS_SERVICE, {"StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                self.StreamAggregatedResources,
+                request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                response_serializer=bytes)}),))
         for add in self._services:
             add(server)
         try:
@@ -496,7 +582,7 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
         if server is not None:
             with self._lock:
                 for sub in self._subscribers.values():
-                    loop.call(sub.outbox.put_nowait, None)
+                    loop.call(sub.outbox.put, None)
             try:
                 loop.run(server.stop(grace), timeout=5.0 if grace is None else grace + 5.0)
             except TimeoutError:
@@ -645,13 +731,9 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
             self._claim(key, current)
             log.info("%s re-attached to %s", ref, sub.connection_id)
             return
-        if store is not None:
-            others = [g.resource for k, g in self._registry.items() if k != key]
-            try:
-                self._merge(store, [*others, resource])
-            except ConfigError as exc:
-                log.warning("registration of %s by %s refused: %s", ref, node.node_id, exc)
-                return
+        # validated alone above; a WorkloadEntry has no cross-resource errors (only
+        # name clashes, checked above), so the whole config is not analysed again here:
+        # at 100 registrations a second that cost more than everything else
         registration = _Registration(resource, node.node_id, sub.connection_id,
                                      self._clock(), ready=sub.ready, health=sub.health)
         self._registry[key] = registration
@@ -827,16 +909,16 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
                 self._push_errors.labels(type=kind).inc()
                 self._put(sub, _Abort(grpc.StatusCode.INTERNAL, str(exc)))
                 return
-            encoded = (template, _digest(template))
+            encoded = (template.SerializeToString(), _digest(template))
             self._encoded[(type_url, audience)] = encoded
-        template, digest = encoded
+        payload, digest = encoded
         state = sub.types.setdefault(type_url, _TypeState())
         if only_if_changed and state.sent_digest == digest:
             return
         nonce = self._nonce()
         state.sent_version, state.sent_nonce, state.sent_digest = self._version, nonce, digest
         sub.sent_version = self._version
-        self._put(sub, with_nonce(template, nonce))
+        self._put(sub, _Response(type_url, payload, nonce))
         counter = self._push_counters.get(kind)
         if counter is None:
             counter = self._push_counters[kind] = self._pushes.labels(type=kind)
@@ -861,15 +943,15 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
         types = tuple(sorted((url, st.sent_version) for url, st in sub.types.items()
                              if url != SNAPSHOT_TYPE_URL and st.sent_version))
         # most subscribers hold the same versions: one marker per distinct map
-        template = self._markers.get(types)
-        if template is None:
-            template = self._markers[types] = snapshot_response(self._version, "",
-                                                                dict(types))
+        payload = self._markers.get(types)
+        if payload is None:
+            payload = snapshot_response(self._version, "", dict(types)).SerializeToString()
+            self._markers[types] = payload
         nonce = self._nonce()
         state = sub.types.setdefault(SNAPSHOT_TYPE_URL, _TypeState())
         state.sent_version, state.sent_nonce = self._version, nonce
         sub.sent_version = self._version
-        self._put(sub, with_nonce(template, nonce))
+        self._put(sub, _Response(SNAPSHOT_TYPE_URL, payload, nonce))
 
     def _nonce(self) -> str:
         """A nonce unique within this server (lock held): cheaper than a UUID each."""
@@ -886,20 +968,21 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
             return
         loop = self._loop
         if loop is not None:
-            loop.call(sub.outbox.put_nowait, item)
+            loop.call(sub.outbox.put, item)
 
     @staticmethod
     def _deliver(batch: list[tuple[_Subscriber, _QueueItem]]) -> None:
         """On the loop: queue a push's items, in order."""
         for sub, item in batch:
-            sub.outbox.put_nowait(item)
+            sub.outbox.put(item)
 
     # --- the stream ------------------------------------------------------------------
 
     async def StreamAggregatedResources(
             self, request_iterator: AsyncIterator[ProtoMessage], context: Any,
-    ) -> AsyncIterator[ProtoMessage]:
-        """One subscriber: a reader task handles requests, this generator writes."""
+    ) -> AsyncIterator[bytes]:
+        """One subscriber: a reader task handles requests, this generator writes
+        serialized DiscoveryResponses."""
         with self._lock:
             self._counter += 1
             sub = _Subscriber(f"conn-{self._counter}", str(context.peer()), time.time())
@@ -911,7 +994,7 @@ class ConfigServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ig
                 if isinstance(item, _Abort):
                     await context.abort(item.code, item.message)
                     return
-                yield item
+                yield item.wire_bytes()
         finally:
             reader.cancel()
             with self._lock:

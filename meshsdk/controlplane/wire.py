@@ -307,18 +307,6 @@ def discovery_response(type_url: str, version_info: str, nonce: str,
         version_info=version_info, nonce=nonce, type_url=type_url, resources=wrapped))
 
 
-def with_nonce(response: ProtoMessage, nonce: str) -> ProtoMessage:
-    """A copy of a ``DiscoveryResponse`` with another nonce.
-
-    The server encodes each (type, audience) once per version and stamps a fresh nonce
-    per subscriber, instead of encoding every resource again for each of them.
-    """
-    copy = discovery_pb2.DiscoveryResponse()
-    copy.CopyFrom(response)
-    copy.nonce = nonce
-    return cast(ProtoMessage, copy)
-
-
 SNAPSHOT_TYPE_URL: Final = "meshsdk.io/v1/Snapshot"
 """The snapshot marker: after the responses of the types that changed in a version,
 the server sends one response of this type whose single resource lists, for every type
@@ -790,5 +778,4 @@ __all__ = [
     "subscribe_request",
     "type_url_of",
     "validate_document",
-    "with_nonce",
 ]

@@ -441,3 +441,18 @@ spec:
                          labels={"app": "reviews"})
     unscoped = connect().subscribe_all(other)
     assert names(unscoped[type_url_of("VirtualService")]) == ["default/reviews"]
+
+
+@pytest.mark.parametrize("nonce", ["n1", "x" * 300])
+def test_a_nonce_appended_to_the_serialized_response_is_the_nonce_set(nonce: str) -> None:
+    from envoy.service.discovery.v3 import discovery_pb2  # type: ignore[import-untyped]
+
+    from meshsdk.controlplane.server import _Response
+    from meshsdk.controlplane.wire import discovery_response
+    template = discovery_response(type_url_of("Sidecar"), "v7", "", [])
+    sent = discovery_pb2.DiscoveryResponse.FromString(
+        _Response(type_url_of("Sidecar"), template.SerializeToString(), nonce).wire_bytes())
+    expected = discovery_pb2.DiscoveryResponse()
+    expected.CopyFrom(template)
+    expected.nonce = nonce
+    assert sent == expected
