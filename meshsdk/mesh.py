@@ -230,6 +230,8 @@ class Mesh:
                 cache_dir: str | os.PathLike[str] | None = None, wait: float = 5.0,
                 register: bool = False, ip: str | None = None,
                 ports: Mapping[str, int] | None = None, group: str = "",
+                ca_roots: bytes | str | os.PathLike[str] | None = None,
+                server_name: str = "istiod.istio-system.svc",
                 **mesh_options: Any) -> Mesh:
         """A mesh fed by the config service at ``address`` (``host:port``, ADS over gRPC;
         several replicas as ``host:port,host:port``, tried in turn when one goes away).
@@ -240,13 +242,19 @@ class Mesh:
         ``register=True`` asks the server to register this workload (at ``ip``, with its
         named ``ports``) as a WorkloadEntry while connected, so ServiceEntries selecting
         its labels route to it; ``group="name"`` registers it from that WorkloadGroup's
-        template instead (Istio's auto-registration).
+        template instead (Istio's auto-registration). ``ca_roots`` (PEM bytes or a
+        file, the mesh CA's ``root-cert.pem``) connects over TLS and checks that the
+        server is ``server_name``.
         """
         from meshsdk.controlplane.client import ConfigClient, empty_config
+        from meshsdk.controlplane.tls import read_roots
         mesh = cls(empty_config(), workload, **mesh_options)
         mesh._config_client = ConfigClient(mesh, address, workload=mesh.workload,
                                            cache_dir=cache_dir, ip=ip, ports=ports,
-                                           register=register, group=group)
+                                           register=register, group=group,
+                                           tls_roots=None if ca_roots is None
+                                           else read_roots(ca_roots),
+                                           server_name=server_name)
         mesh._config_client.start()
         mesh._config_client.wait_ready(wait)
         return mesh

@@ -50,6 +50,8 @@ from typing import Any, NamedTuple, NoReturn, Protocol
 import grpc  # type: ignore[import-untyped]
 from cryptography import x509
 
+from meshsdk.controlplane.tls import SERVER_NAME
+from meshsdk.controlplane.tls import channel as open_channel
 from meshsdk.security.ca import (
     MAX_WORKLOAD_LIFETIME,
     WORKLOAD_LIFETIME,
@@ -254,20 +256,23 @@ def _issued(response: bytes, where: str) -> IssuedCert:
 
 
 def remote_signer(address: str, token: str, *, timeout: float = 5.0,
-                  lifetime: dt.timedelta | None = None) -> Callable[[bytes], IssuedCert]:
+                  lifetime: dt.timedelta | None = None, roots: bytes | None = None,
+                  server_name: str = SERVER_NAME) -> Callable[[bytes], IssuedCert]:
     """A signer for ``WorkloadIdentity.from_signer`` that asks the CA at ``address``
     (``host:port``) with bootstrap ``token``.
 
-    Each call opens a new insecure channel (TLS on this port comes later). ``lifetime``
-    None lets the CA choose (24 h). Every failure is a SecurityError naming the CA and
-    the gRPC status (UNAUTHENTICATED: the token was refused).
+    Each call opens a new channel: TLS trusting ``roots`` and checking ``server_name``
+    when roots are given (``meshctl serve --tls``), else plaintext, where the token
+    crosses the wire in the clear. ``lifetime`` None lets the CA choose (24 h). Every
+    failure is a SecurityError naming the CA and the gRPC status (UNAUTHENTICATED: the
+    token was refused).
     """
     where = f"CA at {address}"
     validity = 0 if lifetime is None else int(lifetime.total_seconds())
 
     def sign(csr_pem: bytes) -> IssuedCert:
         request = json.dumps({"csr": csr_pem.decode(), "validity_duration": validity})
-        with grpc.insecure_channel(address) as channel:
+        with open_channel(address, roots, server_name) as channel:
             call = channel.unary_unary(METHOD)
             try:
                 response = call(request.encode(), timeout=timeout,

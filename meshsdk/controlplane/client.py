@@ -34,6 +34,8 @@ from envoy.service.discovery.v3 import ads_pb2_grpc  # type: ignore[import-untyp
 
 from meshsdk.config.loader import config_from_result, load_mesh_config_string, load_string
 from meshsdk.config.resource import Config
+from meshsdk.controlplane.tls import SERVER_NAME
+from meshsdk.controlplane.tls import channel as open_channel
 from meshsdk.controlplane.wire import (
     MESH_CONFIG_TYPE_URL,
     SNAPSHOT_TYPE_URL,
@@ -155,6 +157,8 @@ class ConfigClient:
     ``group`` names a WorkloadGroup of the workload's namespace to register from
     (its template gives the entry's ports, labels and service account; implies
     ``register``).
+    ``tls_roots`` (PEM) connects over TLS, trusting only those roots and checking that
+    the server's certificate names ``server_name``; None connects in plaintext.
     ``ip`` is the node's address as told to the server (``$INSTANCE_IP`` by default) and
     ``ports`` its named ports (POD_PORTS). ``register`` sets AUTO_REGISTER: the server
     then registers a WorkloadEntry for this node (at ``ip``) while the stream is up.
@@ -167,7 +171,8 @@ class ConfigClient:
                  initial_backoff: float = 0.5, max_backoff: float = 30.0,
                  jitter: float = 0.2, ip: str | None = None,
                  ports: Mapping[str, int] | None = None, register: bool = False,
-                 group: str = "") -> None:
+                 group: str = "", tls_roots: bytes | None = None,
+                 server_name: str = SERVER_NAME) -> None:
         self._mesh = mesh
         self._addresses = [a.strip() for a in address.split(",") if a.strip()]
         if not self._addresses:
@@ -180,6 +185,7 @@ class ConfigClient:
         self._cache_dir = Path(cache_dir) if cache_dir is not None \
             else default_cache_dir(workload)
         self._clock = clock
+        self._tls = (tls_roots, server_name)
         self._rng = rng if rng is not None else random.Random()
         self._backoff = (initial_backoff, max_backoff, jitter)
         self._lock = threading.Lock()
@@ -280,7 +286,7 @@ class ConfigClient:
         fresh: dict[str, Any] = {}   # responses not yet ACKed or NACKed
         marked = False               # the server sends snapshot markers
         answered = False
-        channel = grpc.insecure_channel(self._address)
+        channel = open_channel(self._address, *self._tls)
         try:
             stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
             self._call = stub.StreamAggregatedResources(requests())

@@ -444,7 +444,8 @@ class ConfigServer:
                  services: Sequence[Callable[[Any], None]] = (),
                  grace: float = REGISTRY_GRACE, sweep_interval: float = SWEEP_INTERVAL,
                  clock: Callable[[], float] = time.time,
-                 shared_registry: EtcdRegistry | None = None) -> None:
+                 shared_registry: EtcdRegistry | None = None,
+                 credentials: Any = None) -> None:
         """``services`` add more gRPC services to the same server before it starts
         (``lambda server: add_ca_service(server, ca, tokens)`` for the CA).
 
@@ -455,7 +456,9 @@ class ConfigServer:
 
         ``shared_registry`` keeps the registry in etcd, shared with other replicas
         (:class:`~meshsdk.controlplane.etcd.EtcdRegistry`); without it the registry
-        lives in this process."""
+        lives in this process. ``credentials`` (gRPC server credentials, e.g.
+        :meth:`~meshsdk.controlplane.tls.ServingCertificate.server_credentials`) serve
+        the port over TLS; None serves plaintext."""
         self.store = store
         self._services = tuple(services)
         self.host = host
@@ -482,6 +485,7 @@ class ConfigServer:
         self._push_counters: dict[str, Any] = {}
         self.grace = grace
         self._shared = shared_registry
+        self._credentials = credentials
         self.replica = shared_registry.replica if shared_registry is not None else ""
         self._validated: dict[str, Resource] = {}   # registry documents already checked
         # claims written to etcd whose echo has not come back yet: kept in the view so
@@ -558,7 +562,9 @@ class ConfigServer:
         for add in self._services:
             add(server)
         try:
-            self._port = int(server.add_insecure_port(f"{self.host}:{self._requested_port}"))
+            address = f"{self.host}:{self._requested_port}"
+            self._port = int(server.add_insecure_port(address) if self._credentials is None
+                             else server.add_secure_port(address, self._credentials))
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {self.host}:{self._requested_port}: {exc}") from exc
         await server.start()
@@ -1250,6 +1256,10 @@ def build_parser(prog: str = "python -m meshsdk.controlplane.server") -> argpars
                         help="serve CSR signing with the CA in DIR (meshctl ca init)")
     parser.add_argument("--tokens", metavar="DIR",
                         help="bootstrap tokens for the CA: files <namespace>.<sa>.token")
+    parser.add_argument("--tls", action="store_true",
+                        help="serve gRPC over TLS with a certificate from --ca-dir's CA "
+                        "(istiod.istio-system.svc, localhost, --host); clients trust the "
+                        "CA's root-cert.pem")
     parser.add_argument("--exit-with-parent", action="store_true",
                         help="stop when the process that started this one exits (for "
                         "supervisors and demos that may be killed outright)")
@@ -1265,6 +1275,10 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     if bool(args.ca_dir) != bool(args.tokens):
         print("error: --ca-dir and --tokens go together", file=sys.stderr)
         return 2
+    if args.tls and not args.ca_dir:
+        print("error: --tls needs --ca-dir (the CA that issues the service's certificate)",
+              file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     stop = threading.Event()
 
@@ -1275,11 +1289,16 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     try:
         with contextlib.ExitStack() as stack:
             services: list[Callable[[Any], None]] = []
+            credentials = None
             if args.ca_dir:
                 from meshsdk.controlplane.ca_service import TokenDirectory, add_ca_service
                 from meshsdk.security.ca import MeshCA
                 ca, tokens = MeshCA.load(args.ca_dir), TokenDirectory(args.tokens)
                 services.append(lambda server: add_ca_service(server, ca, tokens))
+                if args.tls:
+                    from meshsdk.controlplane.tls import ServingCertificate
+                    credentials = ServingCertificate(
+                        ca, ("localhost", "127.0.0.1", args.host)).server_credentials()
             store: ConfigStore | EtcdConfigStore
             shared: EtcdRegistry | None = None
             if args.etcd:
@@ -1298,11 +1317,12 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                 source = args.config
             server = stack.enter_context(ConfigServer(
                 store, host=args.host, port=args.port, grace=args.grace, services=services,
-                shared_registry=shared))
+                shared_registry=shared, credentials=credentials))
             debug = stack.enter_context(DebugServer(server, port=args.debug_port))
             print(f"serving {source} version {store.version}: ADS on "
                   f"{args.host}:{server.port}, debug on 127.0.0.1:{debug.port}"
-                  + (", CA on the ADS port" if args.ca_dir else ""),
+                  + (", CA on the ADS port" if args.ca_dir else "")
+                  + (", TLS" if credentials is not None else ""),
                   file=sys.stderr, flush=True)
             parent = os.getppid()
             while not stop.wait(0.5):

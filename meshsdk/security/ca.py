@@ -28,6 +28,7 @@ Keys are made where they are used and never travel: :func:`new_key` and
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -449,10 +450,14 @@ class MeshCA:
     # signing
 
     def sign_csr(self, csr_pem: bytes, *, namespace: str, service_account: str,
-                 lifetime: dt.timedelta = WORKLOAD_LIFETIME) -> IssuedCert:
+                 lifetime: dt.timedelta = WORKLOAD_LIFETIME,
+                 dns_names: Sequence[str] = ()) -> IssuedCert:
         """A workload certificate for ``spiffe://<td>/ns/<namespace>/sa/<service_account>``
         on the CSR's public key. The CSR's subject and SANs are ignored (the caller's
-        credential, not the CSR, decides the identity); its signature must verify."""
+        credential, not the CSR, decides the identity); its signature must verify.
+        ``dns_names`` (host names or IP addresses) are added as SANs for a server that
+        clients reach by name, such as the config service (istiod's
+        ``istiod.istio-system.svc``); workloads get none."""
         uri = spiffe_id(self._trust_domain, namespace, service_account)
         if lifetime <= dt.timedelta(0) or lifetime > MAX_WORKLOAD_LIFETIME:
             raise SecurityError(f"sign_csr: lifetime {lifetime} is outside (0, "
@@ -488,7 +493,7 @@ class MeshCA:
                     critical=False)
                 .add_extension(self._aki, critical=False)
                 .add_extension(x509.SubjectAlternativeName(
-                    [x509.UniformResourceIdentifier(uri)]), critical=True)
+                    [x509.UniformResourceIdentifier(uri), *_names(dns_names)]), critical=True)
                 .sign(self._key, self._hash))
         cert_pem = cert.public_bytes(serialization.Encoding.PEM)
         return IssuedCert(cert_pem=cert_pem, chain_pem=cert_pem + self._chain_tail,
@@ -497,6 +502,17 @@ class MeshCA:
     def __repr__(self) -> str:
         return (f"MeshCA(trust_domain={self._trust_domain!r}, "
                 f"subject={self._cert.subject.rfc4514_string()!r}, roots={len(self._roots)})")
+
+
+def _names(names: Sequence[str]) -> list[x509.GeneralName]:
+    """DNS names and IP addresses as SAN entries."""
+    out: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            out.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            out.append(x509.DNSName(name))
+    return out
 
 
 __all__ = ["CA_CERT", "CA_KEY", "CERT_CHAIN", "CLOCK_SKEW", "MAX_WORKLOAD_LIFETIME",
