@@ -43,7 +43,12 @@ import aetcd
 
 from meshsdk.config.loader import LoadResult, config_from_result, load_path, load_string
 from meshsdk.config.resource import Config
-from meshsdk.controlplane.filestore import LoadFailure, Subscriber, VersionedConfig
+from meshsdk.controlplane.filestore import (
+    LoadFailure,
+    Subscriber,
+    Subscribers,
+    VersionedConfig,
+)
 from meshsdk.controlplane.loop import LoopThread
 from meshsdk.controlplane.wire import resource_document
 from meshsdk.errors import ConfigError, MeshError
@@ -354,10 +359,9 @@ class EtcdConfigStore:
         self.etcd = etcd
         self._quiet, self._max_delay = quiet, max_delay
         self._lock = threading.Lock()
-        self._publish = threading.Lock()
         self._current: VersionedConfig | None = None
         self._last_error: LoadFailure | None = None
-        self._subscribers: list[Subscriber] = []
+        self._subscribers = Subscribers()
         self._loaded = threading.Event()
 
     def start(self) -> EtcdConfigStore:
@@ -375,8 +379,7 @@ class EtcdConfigStore:
 
     def close(self) -> None:
         """Stop delivering (the Etcd connection is the caller's to close)."""
-        with self._lock:
-            self._subscribers.clear()
+        self._subscribers.clear()
 
     def __enter__(self) -> EtcdConfigStore:
         return self.start()
@@ -406,18 +409,10 @@ class EtcdConfigStore:
 
     def subscribe(self, callback: Subscriber, *, replay: bool = False) -> Callable[[], None]:
         """As :meth:`ConfigStore.subscribe`."""
-        with self._publish:
+        def current() -> VersionedConfig | None:
             with self._lock:
-                self._subscribers.append(callback)
-                current = self._current
-            if replay and current is not None:
-                callback(current.config, current.version)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if callback in self._subscribers:
-                    self._subscribers.remove(callback)
-        return unsubscribe
+                return self._current
+        return self._subscribers.subscribe(callback, current, replay)
 
     def _on_items(self, items: dict[str, bytes], revision: int) -> None:
         version = _version_of(items)
@@ -440,16 +435,12 @@ class EtcdConfigStore:
             self._loaded.set()
             return
         published = VersionedConfig(config, version)
-        with self._publish:
+
+        def make_current() -> None:
             with self._lock:
                 self._current, self._last_error = published, None
-                callbacks = list(self._subscribers)
             self._loaded.set()
-            for callback in callbacks:
-                try:
-                    callback(published.config, published.version)
-                except Exception:
-                    log.exception("config subscriber %r failed on %s", callback, version)
+        self._subscribers.deliver(published, before=make_current)
 
     def _load(self, items: Mapping[str, bytes]) -> Config:
         """Validate every key's document together; errors name the key (and line)."""

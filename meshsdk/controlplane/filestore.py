@@ -40,7 +40,8 @@ from meshsdk.config.resource import Config
 from meshsdk.errors import ConfigError
 
 __all__ = [
-    "ConfigStore", "Debouncer", "LoadFailure", "Subscriber", "VersionedConfig", "content_hash",
+    "ConfigStore", "Debouncer", "LoadFailure", "Subscriber", "Subscribers", "VersionedConfig",
+    "content_hash",
 ]
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,52 @@ def _watch_filter(change: watchfiles.Change, path: str) -> bool:
     return suffix in YAML_SUFFIXES or suffix == ""
 
 
+class Subscribers:
+    """The callbacks of a store, shared by the file and etcd stores.
+
+    Deliveries and replays are serialised by one lock, so a callback never sees an
+    older version after a newer one, and a failing callback is logged, never fatal.
+    """
+
+    def __init__(self) -> None:
+        self._order = threading.RLock()
+        self._callbacks: list[Subscriber] = []
+
+    def subscribe(self, callback: Subscriber, current: Callable[[], VersionedConfig | None],
+                  replay: bool) -> Callable[[], None]:
+        """Add ``callback``; with ``replay`` call it at once with ``current()``."""
+        with self._order:
+            self._callbacks.append(callback)
+            now = current()
+            if replay and now is not None:
+                callback(now.config, now.version)
+
+        def unsubscribe() -> None:
+            with self._order:
+                if callback in self._callbacks:
+                    self._callbacks.remove(callback)
+        return unsubscribe
+
+    def clear(self) -> None:
+        """Forget every callback."""
+        with self._order:
+            self._callbacks.clear()
+
+    def deliver(self, published: VersionedConfig,
+                before: Callable[[], None] | None = None) -> None:
+        """Call every callback with ``published`` (after ``before()``, in the same
+        critical section: a store makes the version current there)."""
+        with self._order:
+            if before is not None:
+                before()
+            for callback in list(self._callbacks):
+                try:
+                    callback(published.config, published.version)
+                except Exception:
+                    log.exception("config subscriber %r failed on %s", callback,
+                                  published.version)
+
+
 class ConfigStore:
     """Serve the Istio config of one directory and push each new valid version.
 
@@ -200,12 +247,11 @@ class ConfigStore:
         self._clock = clock
         self._debouncer = Debouncer(quiet, max_delay, clock)
         self._lock = threading.Lock()          # guards the state below
-        self._publish = threading.RLock()      # orders deliveries and replays
         self._current: VersionedConfig | None = None
         self._hash: str | None = None          # None: unknown, never skip the next reload
         self._serial = 0
         self._last_error: LoadFailure | None = None
-        self._subscribers: list[Subscriber] = []
+        self._subscribers = Subscribers()
         self._changed: set[str] = set()        # touched since the last applied reload
         self._retrying = False
         self._attempts = 0
@@ -302,19 +348,11 @@ class ConfigStore:
         With ``replay=True`` the callback first gets the current version, in this
         thread, ordered with pushes so it never sees an older version after a newer one.
         """
-        with self._publish:
-            with self._lock:
-                self._subscribers.append(callback)
-                current = self._current
-            if replay and current is not None:
-                callback(current.config, current.version)
+        return self._subscribers.subscribe(callback, self._current_or_none, replay)
 
-        def unsubscribe() -> None:
-            with self._lock:
-                if callback in self._subscribers:
-                    self._subscribers.remove(callback)
-
-        return unsubscribe
+    def _current_or_none(self) -> VersionedConfig | None:
+        with self._lock:
+            return self._current
 
     # --- the watcher thread ------------------------------------------------------------
 
@@ -389,12 +427,4 @@ class ConfigStore:
                     self.root, serving, message)
 
     def _deliver(self, published: VersionedConfig) -> None:
-        with self._publish:
-            with self._lock:
-                callbacks = list(self._subscribers)
-            for callback in callbacks:
-                try:
-                    callback(published.config, published.version)
-                except Exception:
-                    log.exception("config subscriber %r failed on %s", callback,
-                                  published.version)
+        self._subscribers.deliver(published)
