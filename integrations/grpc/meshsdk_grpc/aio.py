@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import grpc  # type: ignore[import-untyped]
@@ -23,14 +24,18 @@ from meshsdk.dataplane.flow import (
     AttemptResult,
     CallResult,
     Discard,
+    Mirror,
     Send,
     Sleep,
 )
 from meshsdk.outcome import Failure, Outcome
+from meshsdk.transport.common import shadow_authority
 from meshsdk.transport.tls import TlsError
 from meshsdk_grpc._pool import Bridge, ChannelPool, channel_options
 from meshsdk_grpc._status import number_of
 from meshsdk_grpc.channel import (
+    _MIRROR_TIMEOUT,
+    MIRRORS_PENDING,
     Deserializer,
     MeshCall,
     MeshRpcError,
@@ -117,6 +122,7 @@ class AsyncMeshChannel:
         self._mesh = mesh
         self._authority = target
         self._pool = _AsyncPool(mesh.identity)
+        self._mirrors: set[asyncio.Task[None]] = set()
 
     def unary_unary(self, method: str, request_serializer: Serializer = None,
                     response_deserializer: Deserializer = None, **_: Any) -> AsyncUnaryUnary:
@@ -142,7 +148,14 @@ class AsyncMeshChannel:
                                             response_deserializer), method)
 
     async def close(self, grace: float | None = None) -> None:
-        """Close every pooled endpoint channel."""
+        """Let copies already on their way finish (up to 1 s, as the sync channel),
+        cancel the rest, and close every pooled endpoint channel."""
+        pending = list(self._mirrors)
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=1.0)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         await self._pool.aclose()
         self._pool.close()
 
@@ -176,7 +189,8 @@ class AsyncMeshChannel:
                         await sleep(effect.seconds)
                     elif isinstance(effect, Discard):
                         effect.response.discard()
-                    # Mirror: not sent by the async channel (see the docs)
+                    elif isinstance(effect, Mirror) and not kind.client_streaming:
+                        self._mirror(kind, request, effect.attempt)
                 effect = flow.send(value)
         except StopIteration as stop:
             return stop.value, call
@@ -185,6 +199,35 @@ class AsyncMeshChannel:
             if call is not None:
                 call.finish(0)
             raise
+
+    def _mirror(self, kind: _Kind, request: Any, attempt: Attempt) -> None:
+        """Send a copy as a task of the running loop (bounded: dropped when too many are
+        pending); its answer is ignored, as Envoy ignores a shadow's."""
+        if len(self._mirrors) >= MIRRORS_PENDING:
+            return
+        shadow = replace(attempt, authority=shadow_authority(attempt.authority),
+                         timeout=_MIRROR_TIMEOUT)
+
+        async def send() -> None:
+            try:
+                conn = await self._pool.aconnect(shadow)
+                if conn is None:
+                    return
+                callable_ = getattr(conn.channel, kind.name)(
+                    shadow.path, request_serializer=kind.serializer,
+                    response_deserializer=kind.deserializer)
+                reply = callable_(request, timeout=_MIRROR_TIMEOUT,
+                                  metadata=_metadata(shadow.headers))
+                if kind.server_streaming:
+                    reply.cancel()
+                else:
+                    await reply
+            except (grpc.RpcError, OSError, TlsError):
+                pass
+
+        task = asyncio.get_running_loop().create_task(send())
+        self._mirrors.add(task)
+        task.add_done_callback(self._mirrors.discard)
 
     async def _send(self, kind: _Kind, request: Any, attempt: Attempt) -> AttemptResult:
         conn = await self._pool.aconnect(attempt)

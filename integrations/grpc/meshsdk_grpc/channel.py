@@ -57,6 +57,8 @@ _NOT_FORWARDED = frozenset({"host", "content-type", "te", "user-agent", "content
 """Headers the core's request carries that gRPC sets itself on the wire."""
 
 _MIRROR_TIMEOUT = 10.0
+MIRRORS_PENDING = 64
+"""Mirrors in flight per channel at most; more are dropped (never queued)."""
 
 
 # --- errors and call objects the caller sees -------------------------------------------
@@ -144,7 +146,7 @@ class MeshChannel(grpc.Channel):  # type: ignore[misc]
         self._pool = ChannelPool(mesh.identity)
         self._mirrors = ThreadPoolExecutor(max_workers=2,
                                            thread_name_prefix="meshsdk-grpc-mirror")
-        self._mirror_slots = threading.BoundedSemaphore(64)
+        self._mirror_slots = threading.BoundedSemaphore(MIRRORS_PENDING)
         self._mirrors_pending: set[Future[None]] = set()
         self._mirrors_lock = threading.Lock()
 

@@ -46,6 +46,4 @@ def _applicable(scenario: Scenario) -> Scenario:
 @pytest.mark.parametrize("driver", ["sync", "aio"])
 @pytest.mark.parametrize("scenario", ALL, ids=[s.name for s in ALL])
 def test_conformance_grpc(scenario: Scenario, driver: str) -> None:
-    if driver == "aio" and scenario.name.startswith("mirror"):
-        pytest.skip("the asyncio channel does not send mirrors yet")
     run_grpc(_applicable(scenario), grpc_driver if driver == "sync" else aio_grpc_driver)
