@@ -11,16 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import random
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -35,6 +31,7 @@ from meshsdk.security.identity import WorkloadIdentity
 from meshsdk.telemetry.metrics import PrometheusMetrics
 from meshsdk.telemetry.recorder import Telemetry
 from meshsdk.testing.builders import config_from_yaml, service_entry
+from meshsdk.testing.jwt import TestIssuer
 from meshsdk.testing.upstream import Upstream, echo, wait_until
 from meshsdk.workload import Workload
 from tests.security.conftest import IdentityFactory, make_identity, mesh_ca
@@ -46,22 +43,10 @@ HOST = "reviews.default.svc.cluster.local"
 URL = f"http://{HOST}"
 REVIEWS = Workload("reviews-v1", "default", {"app": "reviews", "version": "v1"}, "reviews")
 PRODUCTPAGE = "spiffe://cluster.local/ns/default/sa/productpage"
-SIGNING_KEY = ec.generate_private_key(ec.SECP256R1())
-
-
-def jwks_json() -> str:
-    """The JWKS of ``SIGNING_KEY`` (key id ``k1``)."""
-    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(SIGNING_KEY.public_key()))
-    return json.dumps({"keys": [{**jwk, "kid": "k1", "alg": "ES256", "use": "sig"}]})
-
-
-def token(key: ec.EllipticCurvePrivateKey = SIGNING_KEY, **claims: object) -> str:
-    """An ES256 JWT from ``ISSUER`` (signed with ``key``)."""
-    now = int(time.time())
-    body = {"iss": ISSUER, "sub": "alice", "iat": now, "exp": now + 600, **claims}
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    return jwt.encode(body, pem, algorithm="ES256", headers={"kid": "k1"})
+JWT = TestIssuer(ISSUER)
+SIGNING_KEY = JWT.key
+jwks_json = JWT.jwks_json
+token = JWT.token
 
 
 def policies(mode: str = "STRICT", downstream_port: int | None = None) -> str:

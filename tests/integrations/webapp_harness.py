@@ -37,8 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -47,6 +45,7 @@ from meshsdk.security.ca import MeshCA, make_csr, new_key, private_key_pem, writ
 from meshsdk.security.identity import WorkloadIdentity
 from meshsdk.security.spiffe import spiffe_id
 from meshsdk.testing.builders import config_from_yaml, service_entry
+from meshsdk.testing.jwt import TestIssuer
 from meshsdk.testing.upstream import Upstream, echo, free_port
 from meshsdk.workload import Workload
 
@@ -61,21 +60,10 @@ TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_SPAN}-01"
 START_TIMEOUT = 30.0
-SIGNING_KEY = ec.generate_private_key(ec.SECP256R1())
-
-
-def _jwks() -> str:
-    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(SIGNING_KEY.public_key()))
-    return json.dumps({"keys": [{**jwk, "kid": "k1", "alg": "ES256", "use": "sig"}]})
-
-
-def token(key: ec.EllipticCurvePrivateKey = SIGNING_KEY, **claims: object) -> str:
-    """A JWT from the trusted issuer, signed by ``key`` (another key: a forged one)."""
-    now = int(time.time())
-    body = {"iss": ISSUER, "sub": "alice", "iat": now, "exp": now + 600, **claims}
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    return jwt.encode(body, pem, algorithm="ES256", headers={"kid": "k1"})
+JWT = TestIssuer(ISSUER)
+SIGNING_KEY = JWT.key
+_jwks = JWT.jwks_json
+token = JWT.token
 
 
 def policies(access_log: Path) -> str:

@@ -4,33 +4,29 @@ answering, called by mesh clients of allowed and disallowed workloads."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterator, Mapping
 
 import httpx
-import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshsdk.mesh import Mesh
 from meshsdk.security.inbound import InboundDecision, InboundSecurity
 from meshsdk.security.tlsserver import MeshTLSServer
 from meshsdk.testing.builders import config_from_yaml, service_entry
+from meshsdk.testing.jwt import TestIssuer
 from meshsdk.workload import Workload
 from tests.security.conftest import IdentityFactory, ServerFactory
 
 ISSUER = "https://issuer.test"
 URL = "http://reviews.default.svc.cluster.local/reviews/1"
 REVIEWS = Workload("reviews-v1", "default", {"app": "reviews"}, "reviews")
-SIGNING_KEY = ec.generate_private_key(ec.SECP256R1())
-
-
-def _jwks() -> str:
-    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(SIGNING_KEY.public_key()))
-    return json.dumps({"keys": [{**jwk, "kid": "k1", "alg": "ES256", "use": "sig"}]})
+JWT = TestIssuer(ISSUER)
+SIGNING_KEY = JWT.key
+_jwks = JWT.jwks_json
+token = JWT.token
 
 
 POLICIES = f"""
@@ -60,14 +56,6 @@ spec:
   selector: {{matchLabels: {{app: reviews}}}}
   mtls: {{mode: STRICT}}
 """
-
-
-def token(key: ec.EllipticCurvePrivateKey = SIGNING_KEY, **claims: object) -> str:
-    now = int(time.time())
-    body = {"iss": ISSUER, "sub": "alice", "iat": now, "exp": now + 600, **claims}
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    return jwt.encode(body, pem, algorithm="ES256", headers={"kid": "k1"})
 
 
 class Guarded:

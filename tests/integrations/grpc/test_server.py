@@ -6,23 +6,19 @@ of the server's identity, and certificate rotation for new connections."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import socket
 import ssl
 import threading
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-import jwt
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from meshsdk_grpc import (
     AsyncMeshServerInterceptor,
@@ -45,31 +41,22 @@ from meshsdk.security.ca import MeshCA
 from meshsdk.security.identity import WorkloadIdentity
 from meshsdk.telemetry.recorder import Telemetry
 from meshsdk.testing.builders import config_from_yaml, service_entry
+from meshsdk.testing.jwt import TestIssuer
 from meshsdk.testing.upstream import respond
 from meshsdk.workload import Workload
 from tests.integrations.grpc.harness import GrpcUpstream, wait_for
 
 ISSUER = "https://issuer.test"
-KEY = ec.generate_private_key(ec.SECP256R1())
+JWT = TestIssuer(ISSUER)
+KEY = JWT.key
+jwks = JWT.jwks_json
+token = JWT.token
 REVIEWS = Workload("reviews-v1", "default", {"app": "reviews", "version": "v1"}, "reviews")
 PRODUCTPAGE = Workload("productpage-v1", "default", {"app": "productpage", "version": "v1"},
                        "productpage")
 RATINGS_CLIENT = Workload("ratings-v1", "default", {"app": "ratings", "version": "v1"},
                           "ratings")
 ACCESS = logging.getLogger("grpc-test-access")
-
-
-def jwks() -> str:
-    key = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(KEY.public_key()))
-    return json.dumps({"keys": [{**key, "kid": "k1", "alg": "ES256", "use": "sig"}]})
-
-
-def token(key: ec.EllipticCurvePrivateKey = KEY) -> str:
-    now = int(time.time())
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    return jwt.encode({"iss": ISSUER, "sub": "alice", "iat": now, "exp": now + 600}, pem,
-                      algorithm="ES256", headers={"kid": "k1"})
 
 
 SERVER_POLICIES = f"""
