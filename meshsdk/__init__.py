@@ -27,12 +27,14 @@ from meshsdk.workload import Workload
 
 __version__ = "0.1.0"
 
-_LAZY = {"Telemetry": "meshsdk.telemetry", "current_request_id": "meshsdk.telemetry"}
+_LAZY = {"Telemetry": "meshsdk.telemetry", "current_request_id": "meshsdk.telemetry",
+         "InboundHandler": "meshsdk.inbound", "MeshASGIMiddleware": "meshsdk.inbound",
+         "MeshWSGIMiddleware": "meshsdk.inbound", "ClientStatus": "meshsdk.controlplane.client"}
 
 
 def __getattr__(name: str) -> object:
-    """Telemetry names load on first use: OpenTelemetry, Prometheus and CEL are not
-    imported by ``import meshsdk`` alone."""
+    """Telemetry, inbound and config-service names load on first use: OpenTelemetry,
+    Prometheus, CEL and gRPC are not imported by ``import meshsdk`` alone."""
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'meshsdk' has no attribute {name!r}")
@@ -43,16 +45,20 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "AsyncMeshTransport",
     "CallInfo",
+    "ClientStatus",
     "Config",
     "ConfigError",
     "Diagnostic",
     "Flag",
+    "InboundHandler",
     "LoadResult",
     "LocalReply",
     "Mesh",
+    "MeshASGIMiddleware",
     "MeshConfig",
     "MeshError",
     "MeshTransport",
+    "MeshWSGIMiddleware",
     "Resource",
     "Snapshot",
     "Telemetry",
