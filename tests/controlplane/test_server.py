@@ -456,3 +456,39 @@ def test_a_nonce_appended_to_the_serialized_response_is_the_nonce_set(nonce: str
     expected.CopyFrom(template)
     expected.nonce = nonce
     assert sent == expected
+
+
+def test_a_slow_subscriber_gets_the_latest_state_once_and_markers_last() -> None:
+    """The outbox conflates: a waiting response of a type is replaced by a newer one in
+    place, an older waiting marker is dropped and the new one goes last."""
+    import asyncio
+
+    from meshsdk.controlplane.server import _Outbox, _Response
+
+    def response(url: str, nonce: str) -> _Response:
+        return _Response(url, b"", nonce)
+
+    vs, dr = type_url_of("VirtualService"), type_url_of("DestinationRule")
+
+    async def drain(box: _Outbox, n: int) -> list[str]:
+        out = []
+        for _ in range(n):
+            item = await box.get()
+            assert isinstance(item, _Response)
+            out.append(item.nonce)
+        return out
+
+    box = _Outbox()
+    for item in (response(vs, "vs1"), response(SNAPSHOT_TYPE_URL, "m1"),  # version 1
+                 response(dr, "dr2"), response(SNAPSHOT_TYPE_URL, "m2"),  # version 2
+                 response(vs, "vs3"), response(SNAPSHOT_TYPE_URL, "m3")):  # version 3
+        box.put(item)
+    assert asyncio.run(drain(box, 3)) == ["vs3", "dr2", "m3"]
+
+    box = _Outbox()  # once taken, a response is not replaced: the next one queues
+    box.put(response(vs, "vs1"))
+    assert asyncio.run(drain(box, 1)) == ["vs1"]
+    box.put(response(vs, "vs2"))
+    box.put(None)
+    assert asyncio.run(drain(box, 1)) == ["vs2"]
+    assert asyncio.run(box.get()) is None
