@@ -16,7 +16,13 @@ authorization engine), PERMISSIVE mTLS (the benchmark speaks plaintext, as TLS w
 cost both variants alike) and telemetry on as Istio's defaults have it: 1% of traces
 through OpenTelemetry's SDK (a batch processor whose exporter drops everything) and
 Istio's four request metrics in meshsdk's Prometheus sink (what ``mesh.serve_metrics``
-exposes). No access log.
+exposes). No access log. Why that sink: it is what meshsdk offers for Istio's metrics
+(same names and labels, aggregated in a dict, written out only when scraped). With no
+OTel SDK installed the OTel metrics API is a no-op and costs about the same; with the
+OTel SDK, its synchronous instruments clean and hash Istio's 25 labels on each of four
+measurements per request, about 180 us more per request in process, more than this
+target's whole budget (see docs/performance.md; ``bench/inbound_micro.py --metrics
+otel-sdk`` measures it).
 
 The client is one ``httpx.Client`` making sequential keep-alive GETs on 127.0.0.1.
 Variants are interleaved in blocks (``calls / blocks`` per block, alternating which

@@ -42,7 +42,8 @@ def _latin1(value: bytes) -> str:
 
 def scope_facts(scope: Scope) -> dict[str, Any]:
     """What the handler needs from an ASGI scope (keyword arguments of ``start``)."""
-    headers = [(_latin1(k).lower(), _latin1(v)) for k, v in scope.get("headers", ())]
+    headers = [(k.decode("latin-1").lower(), v.decode("latin-1"))
+               for k, v in scope.get("headers", ())]
     authority = next((v for k, v in headers if k == "host"), None)
     server = scope.get("server")
     scheme = scope.get("scheme") or "http"
@@ -72,8 +73,12 @@ def _app_scope(scope: Scope, request: InboundRequest) -> Scope:
         return scope
     new = dict(scope)
     if request.headers_changed:
-        removed = {n.encode("latin-1") for n in request.removed}
-        headers = [(k, v) for k, v in scope.get("headers", ()) if k.lower() not in removed]
+        if request.removed:
+            removed = {n.encode("latin-1") for n in request.removed}
+            headers = [(k, v) for k, v in scope.get("headers", ())
+                       if k.lower() not in removed]
+        else:  # usually: only the x-request-id the mesh made up is added
+            headers = list(scope.get("headers", ()))
         headers.extend((k.encode("latin-1"), v.encode("latin-1")) for k, v in request.added)
         new["headers"] = headers
     if request.query is not None:
@@ -141,7 +146,7 @@ class MeshASGIMiddleware:
                 if extra:
                     message = {**message, "headers": [*raw, *extra]}
                     raw = [*raw, *extra]
-                head = [(_latin1(k).lower(), _latin1(v)) for k, v in raw]
+                head = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
                 route = app_scope.get(ROUTE_KEY)
                 if route and not request.route:
                     request.route = str(route)

@@ -30,7 +30,7 @@ import contextvars
 import ipaddress
 import logging
 from collections.abc import Iterable, Sequence
-from contextlib import ExitStack
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import lru_cache
 from types import TracebackType
@@ -116,6 +116,23 @@ def peer_from_certificate(cert: PeerCertificate | None) -> str | None:
     if isinstance(cert, x509.Certificate):
         return _one_spiffe(cert)
     return _spiffe_of(cert)
+
+
+_WATCHED = frozenset({XFCC_HEADER, REQUEST_ID, ENVOY_TIMEOUT_HEADER, GRPC_TIMEOUT_HEADER})
+"""Request headers the handler looks at by name."""
+
+_NO_PEER = Peer()
+
+
+@lru_cache(maxsize=1024)
+def _mtls_source(peer: str) -> Peer:
+    """The metrics' source of a verified SPIFFE ID (cached: few callers, many requests)."""
+    spiffe = parse_spiffe_id(peer)
+    return Peer(namespace=spiffe.namespace, principal=spiffe.uri)
+
+
+def _source_of(peer: str | None) -> Peer:
+    return _NO_PEER if peer is None else _mtls_source(peer)
 
 
 def _split_address(address: tuple[str, int] | str | None) -> tuple[str | None, int | None]:
@@ -272,7 +289,18 @@ class InboundHandler:
         removed: list[str] = []
         if peer is None and cert is not None:
             peer = peer_from_certificate(cert)
-        xfcc = [v for k, v in items if k == XFCC_HEADER]
+        # one pass over the headers for everything looked up by name below
+        xfcc: list[str] = []
+        timeouts: dict[str, str] = {}
+        has_request_id = False
+        for name, value in items:
+            if name in _WATCHED:
+                if name == XFCC_HEADER:
+                    xfcc.append(value)
+                elif name == REQUEST_ID:
+                    has_request_id = True
+                else:
+                    timeouts.setdefault(name, value)
         if xfcc:
             if remote_ip in self.trusted:
                 if peer is None:
@@ -291,22 +319,20 @@ class InboundHandler:
         call = None
         telemetry = self.mesh.telemetry
         if telemetry is not None:
-            source = Peer()
-            if peer is not None:
-                spiffe = parse_spiffe_id(peer)
-                source = Peer(namespace=spiffe.namespace, principal=spiffe.uri)
             call = telemetry.inbound(
-                method, scheme, authority, path, items, source=source,
+                method, scheme, authority, path, items, source=_source_of(peer),
                 remote_address=_join_address(remote_ip, remote_port),
                 local_address=_join_address(local_ip, local_port), server_name=server_name,
                 security_policy="mutual_tls" if peer is not None else "none",
                 span_name=route)
         added: list[tuple[str, str]] = []
-        if not any(k == REQUEST_ID for k, _ in items) and call is not None:
+        if not has_request_id and call is not None:
             added.append((REQUEST_ID, call.request_id))  # Envoy adds it for the app too
             items.append(added[-1])
+        timeout = _timeout_from(timeouts) if timeouts else None
         return _Pending(self, compiled, method, authority, path, items, removed, added,
-                        remote_ip, local_ip, port, peer, server_name, route, call, refused)
+                        remote_ip, local_ip, port, peer, server_name, route, call, refused,
+                        timeout)
 
     def _check(self, p: _Pending) -> InboundDecision:
         return p.security.security.check(
@@ -315,11 +341,7 @@ class InboundHandler:
             destination_port=p.port, sni=p.server_name)
 
     def _complete(self, p: _Pending, decision: InboundDecision | None) -> InboundRequest:
-        first: dict[str, str] = {}
-        for name, value in p.headers:
-            if name in (ENVOY_TIMEOUT_HEADER, GRPC_TIMEOUT_HEADER):
-                first.setdefault(name, value)
-        timeout = _timeout_from(first) if first else None
+        timeout = p.timeout
         if decision is None:  # STRICT without a verified peer
             return InboundRequest(
                 self, allowed=False, refused=True, status=503, body=RESET_BODY,
@@ -334,14 +356,14 @@ class InboundHandler:
                 headers=p.headers, removed=tuple(p.removed), added=tuple(p.added), query=None,
                 peer=p.peer, decision=decision, call=p.call, route=p.route, timeout=timeout)
         headers = p.headers
-        removed = list(p.removed)
-        added = list(p.added)
+        removed = p.removed
+        added = p.added
         if decision.headers_to_remove or decision.headers_to_set:
             drop = {n.lower() for n in decision.headers_to_remove}
             drop.update(n.lower() for n, _ in decision.headers_to_set)
             headers = [(k, v) for k, v in headers if k not in drop]
             headers.extend((k.lower(), v) for k, v in decision.headers_to_set)
-            removed.extend(sorted(drop))
+            removed = [*removed, *sorted(drop)]
             added = [(k, v) for k, v in added if k not in drop]
             added.extend((k.lower(), v) for k, v in decision.headers_to_set)
         return InboundRequest(
@@ -382,6 +404,7 @@ class _Pending:
     route: str | None
     call: InboundCall | None
     refused: bool
+    timeout: float | None
 
     def abort(self) -> None:
         """The check itself failed: record a 500 so the request is not lost."""
@@ -404,7 +427,7 @@ class InboundRequest:
     app's answer; run the app inside ``with request:``; then :meth:`finish`.
     """
 
-    __slots__ = ("_stacks", "added", "allowed", "body", "call", "decision", "finished",
+    __slots__ = ("_entered", "added", "allowed", "body", "call", "decision", "finished",
                  "handler", "headers", "peer", "query", "refused", "removed",
                  "response_headers", "route", "status", "timeout")
 
@@ -434,7 +457,8 @@ class InboundRequest:
         self.timeout = timeout
         """The caller's remaining time in seconds, from its timeout header."""
         self.finished = False
-        self._stacks: list[ExitStack] = []
+        self._entered: list[tuple[AbstractContextManager[object] | None,
+                                  contextvars.Token[InboundRequest | None]]] = []
 
     @property
     def principal(self) -> str | None:
@@ -459,19 +483,24 @@ class InboundRequest:
     def __enter__(self) -> InboundRequest:
         """Make the trace context, request id and deadline current (re-entrant: a
         streaming body is produced in several steps)."""
-        stack = ExitStack()
-        if self.call is not None:
-            stack.enter_context(self.call)
+        call = self.call
+        if call is not None:
+            call.__enter__()
+        scope = None
         if self.timeout is not None:
-            stack.enter_context(deadline_scope(self.timeout))
-        token = _current.set(self)
-        stack.callback(_current.reset, token)
-        self._stacks.append(stack)
+            scope = deadline_scope(self.timeout)
+            scope.__enter__()
+        self._entered.append((scope, _current.set(self)))
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self._stacks.pop().close()
+        scope, token = self._entered.pop()  # undone in the reverse order of __enter__
+        _current.reset(token)
+        if scope is not None:
+            scope.__exit__(exc_type, exc, tb)
+        if self.call is not None:
+            self.call.__exit__(exc_type, exc, tb)
 
     def finish(self, status: int, response_headers: Sequence[tuple[str, str]] = (),
                bytes_sent: int = 0, *, bytes_received: int | None = None,

@@ -67,15 +67,34 @@ def peer_certificate(environ: Environ) -> PeerCertificate | None:
     return None
 
 
+_header_names: dict[str, tuple[str, bool]] = {}
+"""Environ key -> (header name or "" when the key is no header, whether the header
+counts when empty): a server uses the same few keys for every request."""
+_HEADER_NAMES_LIMIT = 4096
+
+
+def _header_name(key: str) -> tuple[str, bool]:
+    if key.startswith("HTTP_"):
+        return key[5:].replace("_", "-").lower(), True
+    if key == "CONTENT_TYPE":
+        return "content-type", False  # CGI's variables are set empty when absent
+    if key == "CONTENT_LENGTH":
+        return "content-length", False
+    return "", False
+
+
 def _headers(environ: Environ) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
+    names = _header_names
     for key, value in environ.items():
-        if key.startswith("HTTP_"):
-            out.append((key[5:].replace("_", "-").lower(), value))
-        elif key == "CONTENT_TYPE" and value:
-            out.append(("content-type", value))
-        elif key == "CONTENT_LENGTH" and value:
-            out.append(("content-length", value))
+        entry = names.get(key)
+        if entry is None:
+            if len(names) >= _HEADER_NAMES_LIMIT:  # clients inventing header names
+                names.clear()
+            entry = names[key] = _header_name(key)
+        name, always = entry
+        if name and (always or value):
+            out.append((name, value))
     return out
 
 
@@ -190,7 +209,7 @@ class _Response:
         self.status = int(code) if code.isdigit() else 0
         if self.request.response_headers:
             headers = [*headers, *self.request.response_headers]
-        self.head = [(k.lower(), v) for k, v in headers]
+        self.head = list(headers)  # InboundRequest.finish lower-cases the names
         route = self.environ.get(ROUTE_KEY)
         if route and not self.request.route:
             self.request.route = str(route)

@@ -51,6 +51,9 @@ class InboundDecision:
     request_principal: str | None
 
 
+_DECISION_CACHE_LIMIT = 1024
+
+
 class InboundSecurity:
     """PeerAuthentication, RequestAuthentication and AuthorizationPolicy of one workload."""
 
@@ -69,6 +72,12 @@ class InboundSecurity:
                                            workload_name=workload_name)
         self.audit = audit if audit is not None else AuditLog()
         self._custom = custom
+        # Without RequestAuthentication every request authenticates alike, and the
+        # InboundDecision is then a function of the authorization Decision alone (those
+        # are shared objects, compiled with the policies): both are made once, here or
+        # on first use, and live exactly as long as these compiled policies.
+        self._anonymous: AuthnResult | None = None if self.jwt else AuthnResult(ok=True)
+        self._decisions: dict[int, InboundDecision] = {}
 
     def mode_for(self, port: int) -> Mode:
         """STRICT, PERMISSIVE or DISABLE for a workload port."""
@@ -82,8 +91,9 @@ class InboundSecurity:
         """Authenticate then authorize one request. ``headers`` have lower-case names;
         ``path`` may carry its query string; ``peer`` is the caller's verified SPIFFE
         ID (None over plaintext)."""
-        query = path.partition("?")[2]
-        authn = self.jwt.authenticate(headers, query, method=method)
+        authn = self._anonymous
+        if authn is None:
+            authn = self.jwt.authenticate(headers, path.partition("?")[2], method=method)
         if not authn.ok:
             return InboundDecision(
                 allowed=False, status=authn.status, body=authn.body,
@@ -101,6 +111,19 @@ class InboundSecurity:
             method=method, path=path, headers=joined, sni=sni, grpc=grpc)
         decision = self.authorizer.check(req, custom=self._custom)
         self.audit.record(req, decision)
+        if authn is self._anonymous and decision.custom is None:
+            known = self._decisions.get(id(decision))
+            if known is not None and known.authz is decision:
+                return known
+            if len(self._decisions) >= _DECISION_CACHE_LIMIT:
+                self._decisions.clear()
+            made = self._decisions[id(decision)] = self._inbound_decision(authn, decision)
+            return made
+        return self._inbound_decision(authn, decision)
+
+    @staticmethod
+    def _inbound_decision(authn: AuthnResult, decision: Decision) -> InboundDecision:
+        """The verdict for an authenticated request that authorization decided."""
         if not decision.allowed:
             custom = decision.custom
             return InboundDecision(

@@ -143,6 +143,16 @@ class _Side:
     loggers: tuple[AccessLogger, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class _InboundTarget:
+    """What one inbound authority means for telemetry (see ``Telemetry._inbound_target``)."""
+
+    host: str
+    span_name: str
+    service: Service
+    cluster: str
+
+
 _NO_ATTRIBUTES: Mapping[str, str] = {}
 _UUID4_MASK = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
 _UUID4_BITS = (0x4 << 76) | (0x2 << 62)   # version 4, RFC 4122 variant
@@ -184,6 +194,7 @@ class Telemetry:
         self._endpoints: dict[tuple[str, int, str, bool], Peer] = {}
         self._services: dict[tuple[str, str], Service] = {}
         self._targets: dict[tuple[str, str], tuple[str, str]] = {}
+        self._inbound_targets: dict[tuple[str, str], _InboundTarget] = {}
         self._trust_domain = "cluster.local"
         self.peer_mtls = replace(self.peer, principal=self._spiffe(
             workload.namespace, workload.service_account))
@@ -209,6 +220,7 @@ class Telemetry:
             self.workload.namespace, self.workload.service_account))
         self._endpoints.clear()
         self._services.clear()
+        self._inbound_targets.clear()  # the services depend on the domain
 
     def add_sink(self, sink: MetricsSink) -> None:
         """Record metrics into ``sink`` too (e.g. a PrometheusMetrics for ``/metrics``)."""
@@ -380,30 +392,67 @@ class Telemetry:
         ``headers`` are the request's, names lower-case."""
         side = self._server
         items = list(headers)
-        request_id = next((v for k, v in items if k == REQUEST_ID), None)
+        request_id = None
+        length: int | None = None
+        grpc = False
+        traced = False
+        size = 0  # the header block as the metrics count it (host is the :authority)
+        for name, value in items:  # one pass for everything the record needs
+            if name == "host" or name[:1] == ":":
+                continue
+            size += len(name) + len(value)
+            if name in TRACE_HEADERS:
+                traced = True
+            elif name == REQUEST_ID:
+                if request_id is None:
+                    request_id = value
+            elif name == "content-length":
+                if length is None and value.isdigit():
+                    length = int(value)
+            elif name == "content-type":
+                grpc = grpc or value.startswith("application/grpc")
         if request_id is None:
             request_id = self._new_request_id()
             items.append((REQUEST_ID, request_id))
-        parent = extract(items)
+            size += len(REQUEST_ID) + len(request_id)
+        target = self._inbound_target(authority, scheme)
         span: Span | None = None
         if side.tracing:
+            parent = extract(items) if traced else None
             sampled = decide_sampling(parent, side.sampling, self._rng)
-            attributes: dict[str, str | int | float | bool] = {
-                "http.request.method": method, "url.path": path.partition("?")[0],
-                "url.scheme": scheme, "server.address": split_host_port(authority)[0],
-                "mesh.request_id": request_id}
-            if remote_address:
-                attributes["client.address"] = remote_address
-            span = self._spans.start(span_name or _span_name(authority, scheme),
-                                     SpanKind.SERVER,
+            report = sampled and side.report_spans
+            # attributes only for a span that records: most requests are not sampled
+            attributes: Mapping[str, str | int | float | bool] = _NO_ATTRIBUTES
+            if report:
+                attributes = {
+                    "http.request.method": method, "url.path": path.partition("?")[0],
+                    "url.scheme": scheme, "server.address": target.host,
+                    "mesh.request_id": request_id}
+                if remote_address:
+                    attributes["client.address"] = remote_address
+            span = self._spans.start(span_name or target.span_name, SpanKind.SERVER,
                                      parent.context if parent is not None else None,
                                      sampled, side.report_spans, attributes)
-        if service is None:
-            host = split_host_port(authority)[0]
-            service = self._service_of_host(host)
         return InboundCall(self, side, method, scheme, authority, path, items, request_id,
-                           span, source or Peer(), service, remote_address, local_address,
-                           server_name, security_policy, self._clock(), self._wall())
+                           span, source or Peer(), service or target.service,
+                           remote_address, local_address, server_name, security_policy,
+                           self._clock(), self._wall(), upstream_cluster=target.cluster,
+                           request_protocol="grpc" if grpc else "http",
+                           content_length=length or 0, header_bytes=size)
+
+    def _inbound_target(self, authority: str, scheme: str) -> _InboundTarget:
+        """What an inbound request's authority decides (host, span name, service,
+        inbound cluster), worked out once per authority (a server sees few)."""
+        key = (authority, scheme)
+        target = self._inbound_targets.get(key)
+        if target is None:
+            if len(self._inbound_targets) > 4096:
+                self._inbound_targets.clear()
+            host, port = split_host_port(authority)
+            target = self._inbound_targets[key] = _InboundTarget(
+                host, _span_name(authority, scheme), self._service_of_host(host),
+                f"inbound|{port or ''}||")
+        return target
 
     # -- shared ---------------------------------------------------------------------
 
@@ -656,12 +705,28 @@ class InboundCall:
     started: float
     started_wall: float
     done: bool = False
+    upstream_cluster: str | None = None
+    """``inbound|<port>||`` (computed from ``authority`` when not given)."""
+    # what the request's headers say, read once when it starts (None: read at finish)
+    request_protocol: str | None = None
+    content_length: int | None = None
+    header_bytes: int | None = None
     _tokens: list[tuple[object, contextvars.Token[str | None]]] = field(default_factory=list)
+    # the OTel context made current, and the one it was made from (a streamed response
+    # enters several times, usually from the same context: the span is set in it once)
+    _context: otel_context.Context | None = None
+    _base: otel_context.Context | None = None
 
     def __enter__(self) -> InboundCall:
         """Make this request's trace context and request id current (for outbound calls)."""
-        ctx_token = (otel_context.attach(trace.set_span_in_context(self.span))
-                     if self.span is not None else None)
+        ctx_token = None
+        if self.span is not None:
+            base = otel_context.get_current()
+            ctx = self._context
+            if ctx is None or base is not self._base:
+                ctx = self._context = trace.set_span_in_context(self.span, base)
+                self._base = base
+            ctx_token = otel_context.attach(ctx)
         self._tokens.append((ctx_token, _request_id.set(self.request_id)))
         return self
 
@@ -690,11 +755,14 @@ class InboundCall:
             reporter="destination", start_time=self.started_wall,
             duration=tel._clock() - self.started, method=self.method, path=self.path,
             authority=self.authority, scheme=self.scheme, protocol=protocol,
-            request_protocol=_protocol(self.headers), status=status,
+            request_protocol=(self.request_protocol if self.request_protocol is not None
+                              else _protocol(self.headers)), status=status,
             grpc_status=grpc_status if grpc_status is not None
             else _grpc_status(response_headers),
-            response_flags=flags, bytes_received=(bytes_received if bytes_received is not None
-                                                  else _content_length(self.headers)),
+            response_flags=flags,
+            bytes_received=(bytes_received if bytes_received is not None
+                            else self.content_length if self.content_length is not None
+                            else _content_length(self.headers)),
             bytes_sent=bytes_sent, response_duration=response_duration,
             request_headers=self.headers, response_headers=response_headers,
             request_id=self.request_id, source=self.source,
@@ -704,8 +772,9 @@ class InboundCall:
             downstream_remote_address=self.remote_address,
             downstream_local_address=self.local_address,
             requested_server_name=self.server_name,
-            upstream_cluster=f"inbound|{split_host_port(self.authority)[1] or ''}||",
-            upstream_host=self.local_address)
+            upstream_cluster=(self.upstream_cluster if self.upstream_cluster is not None
+                              else f"inbound|{split_host_port(self.authority)[1] or ''}||"),
+            upstream_host=self.local_address, request_header_bytes=self.header_bytes)
         if self.done:
             return record
         self.done = True

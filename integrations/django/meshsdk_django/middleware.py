@@ -100,6 +100,9 @@ class _Recorder:
             try:
                 close()
             finally:
+                # unhook first: response -> this closure -> recorder -> response is a
+                # reference cycle that would keep the request alive until a GC pass
+                vars(response).pop("close", None)
                 self.finish()
 
         response.close = close_and_record
@@ -122,8 +125,8 @@ class _Recorder:
 
     def finish(self) -> None:
         response = self.response
-        headers = [(k.lower(), v) for k, v in response.items()]
-        self.inbound.finish(response.status_code, headers, self.sent)
+        # InboundRequest.finish lower-cases the names
+        self.inbound.finish(response.status_code, list(response.items()), self.sent)
 
 
 class MeshMiddleware:
