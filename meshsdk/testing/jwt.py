@@ -55,6 +55,18 @@ class TestIssuer:
                                               serialization.NoEncryption())
         return jwt.encode(body, pem, algorithm="ES256", headers={"kid": self.kid})
 
+    def request_authentication(self, app: str | None = None, *, name: str = "jwt",
+                               namespace: str = "default", **rule: str) -> str:
+        """A RequestAuthentication YAML document trusting this issuer, for the workloads
+        labelled ``app: <app>`` (all of ``namespace`` when None); ``rule`` adds fields to
+        the JWT rule (``outputPayloadToHeader="x-jwt-payload"``)."""
+        selector = f"\n  selector: {{matchLabels: {{app: {app}}}}}" if app else ""
+        extra = "".join(f", {k}: {v}" for k, v in rule.items())
+        return (f"apiVersion: security.istio.io/v1\nkind: RequestAuthentication\n"
+                f"metadata: {{name: {name}, namespace: {namespace}}}\nspec:{selector}\n"
+                f"  jwtRules: [{{issuer: \"{self.issuer}\", "
+                f"jwks: '{self.jwks_json()}'{extra}}}]\n")
+
     def forged(self, **claims: object) -> str:
         """A token that claims this issuer and key id but is signed with another key."""
         return self.token(ec.generate_private_key(ec.SECP256R1()), **claims)

@@ -53,15 +53,7 @@ def policies(mode: str = "STRICT", downstream_port: int | None = None) -> str:
     """reviews' policies: JWT from ISSUER, productpage may call everything but /open,
     anyone may call /open/*, mTLS ``mode``; traces sampled 100%, access log on."""
     docs = f"""
-apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {{name: jwt, namespace: default}}
-spec:
-  selector: {{matchLabels: {{app: reviews}}}}
-  jwtRules:
-  - issuer: {ISSUER}
-    jwks: '{jwks_json()}'
----
+{JWT.request_authentication("reviews")}---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {{name: reviews-callers, namespace: default}}

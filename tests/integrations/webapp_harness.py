@@ -76,15 +76,7 @@ spec:
   selector: {{matchLabels: {{app: reviews}}}}
   mtls: {{mode: STRICT}}
 ---
-apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {{name: jwt, namespace: default}}
-spec:
-  selector: {{matchLabels: {{app: reviews}}}}
-  jwtRules:
-  - issuer: {ISSUER}
-    jwks: '{_jwks()}'
----
+{JWT.request_authentication("reviews")}---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {{name: reviews-callers, namespace: default}}

@@ -25,20 +25,11 @@ URL = "http://reviews.default.svc.cluster.local/reviews/1"
 REVIEWS = Workload("reviews-v1", "default", {"app": "reviews"}, "reviews")
 JWT = TestIssuer(ISSUER)
 SIGNING_KEY = JWT.key
-_jwks = JWT.jwks_json
 token = JWT.token
 
 
 POLICIES = f"""
-apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {{name: jwt, namespace: default}}
-spec:
-  selector: {{matchLabels: {{app: reviews}}}}
-  jwtRules:
-  - issuer: {ISSUER}
-    jwks: '{_jwks()}'
----
+{JWT.request_authentication("reviews")}---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {{name: reviews-callers, namespace: default}}

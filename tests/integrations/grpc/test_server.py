@@ -49,7 +49,6 @@ from tests.integrations.grpc.harness import GrpcUpstream, wait_for
 ISSUER = "https://issuer.test"
 JWT = TestIssuer(ISSUER)
 KEY = JWT.key
-jwks = JWT.jwks_json
 token = JWT.token
 REVIEWS = Workload("reviews-v1", "default", {"app": "reviews", "version": "v1"}, "reviews")
 PRODUCTPAGE = Workload("productpage-v1", "default", {"app": "productpage", "version": "v1"},
@@ -67,13 +66,7 @@ spec:
   selector: {{matchLabels: {{app: reviews}}}}
   mtls: {{mode: STRICT}}
 ---
-apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata: {{name: jwt, namespace: default}}
-spec:
-  selector: {{matchLabels: {{app: reviews}}}}
-  jwtRules: [{{issuer: "{ISSUER}", jwks: '{jwks()}', outputPayloadToHeader: x-jwt-payload}}]
----
+{JWT.request_authentication("reviews", outputPayloadToHeader="x-jwt-payload")}---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {{name: reviews-callers, namespace: default}}
