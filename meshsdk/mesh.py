@@ -231,7 +231,7 @@ class Mesh:
                 register: bool = False, ip: str | None = None,
                 ports: Mapping[str, int] | None = None, group: str = "",
                 ca_roots: bytes | str | os.PathLike[str] | None = None,
-                server_name: str = "istiod.istio-system.svc",
+                server_name: str = "istiod.istio-system.svc", token: str | None = None,
                 **mesh_options: Any) -> Mesh:
         """A mesh fed by the config service at ``address`` (``host:port``, ADS over gRPC;
         several replicas as ``host:port,host:port``, tried in turn when one goes away).
@@ -244,7 +244,8 @@ class Mesh:
         its labels route to it; ``group="name"`` registers it from that WorkloadGroup's
         template instead (Istio's auto-registration). ``ca_roots`` (PEM bytes or a
         file, the mesh CA's ``root-cert.pem``) connects over TLS and checks that the
-        server is ``server_name``.
+        server is ``server_name``. ``token`` is the workload's bootstrap token, for a
+        server that authenticates subscribers.
         """
         from meshsdk.controlplane.client import ConfigClient, empty_config
         from meshsdk.controlplane.tls import read_roots
@@ -254,7 +255,7 @@ class Mesh:
                                            register=register, group=group,
                                            tls_roots=None if ca_roots is None
                                            else read_roots(ca_roots),
-                                           server_name=server_name)
+                                           server_name=server_name, token=token)
         mesh._config_client.start()
         mesh._config_client.wait_ready(wait)
         return mesh

@@ -62,8 +62,17 @@ from meshsdk.security.ca import (
 from meshsdk.security.errors import SecurityError
 from meshsdk.security.spiffe import DEFAULT_TRUST_DOMAIN, spiffe_id
 
-__all__ = ["METHOD", "SERVICE", "TOKEN_SUFFIX", "Authenticator", "Caller", "TokenDirectory",
-           "add_ca_service", "remote_signer"]
+__all__ = [
+    "METHOD",
+    "SERVICE",
+    "TOKEN_SUFFIX",
+    "Authenticator",
+    "Caller",
+    "TokenDirectory",
+    "add_ca_service",
+    "bearer_token",
+    "remote_signer",
+]
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +180,7 @@ class TokenDirectory:
         return found
 
 
-def _bearer(context: Any) -> str | None:
+def bearer_token(context: Any) -> str | None:
     """The bearer token of the call's ``authorization`` metadata, or None."""
     for key, value in context.invocation_metadata() or ():
         if key.lower() != "authorization" or not isinstance(value, str):
@@ -212,7 +221,7 @@ def _handler(ca: MeshCA, tokens: Authenticator) -> Callable[[bytes, Any], bytes]
     """The CreateCertificate implementation: authenticate, then sign for the caller."""
 
     def create_certificate(request: bytes, context: Any) -> bytes:
-        token = _bearer(context)
+        token = bearer_token(context)
         if token is None:
             _abort(context, grpc.StatusCode.UNAUTHENTICATED,
                    "missing 'authorization: Bearer <token>' metadata")

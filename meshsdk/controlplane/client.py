@@ -157,6 +157,8 @@ class ConfigClient:
     ``group`` names a WorkloadGroup of the workload's namespace to register from
     (its template gives the entry's ports, labels and service account; implies
     ``register``).
+    ``token`` is sent as ``authorization: Bearer`` on the stream, for a server that
+    authenticates its subscribers (``meshctl serve --authenticate``).
     ``tls_roots`` (PEM) connects over TLS, trusting only those roots and checking that
     the server's certificate names ``server_name``; None connects in plaintext.
     ``ip`` is the node's address as told to the server (``$INSTANCE_IP`` by default) and
@@ -172,7 +174,7 @@ class ConfigClient:
                  jitter: float = 0.2, ip: str | None = None,
                  ports: Mapping[str, int] | None = None, register: bool = False,
                  group: str = "", tls_roots: bytes | None = None,
-                 server_name: str = SERVER_NAME) -> None:
+                 server_name: str = SERVER_NAME, token: str | None = None) -> None:
         self._mesh = mesh
         self._addresses = [a.strip() for a in address.split(",") if a.strip()]
         if not self._addresses:
@@ -186,6 +188,7 @@ class ConfigClient:
             else default_cache_dir(workload)
         self._clock = clock
         self._tls = (tls_roots, server_name)
+        self._metadata = () if token is None else (("authorization", f"Bearer {token}"),)
         self._rng = rng if rng is not None else random.Random()
         self._backoff = (initial_backoff, max_backoff, jitter)
         self._lock = threading.Lock()
@@ -289,7 +292,7 @@ class ConfigClient:
         channel = open_channel(self._address, *self._tls)
         try:
             stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
-            self._call = stub.StreamAggregatedResources(requests())
+            self._call = stub.StreamAggregatedResources(requests(), metadata=self._metadata)
             if self._stop.is_set():
                 self._call.cancel()
             for response in self._call:

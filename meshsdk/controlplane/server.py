@@ -96,6 +96,7 @@ from meshsdk.config.loader import LoadResult, config_from_result, load_string
 from meshsdk.config.resource import Config, Resource
 from meshsdk.config.scope import egress_scope, sidecar_for
 from meshsdk.config.snapshot import visible
+from meshsdk.controlplane.ca_service import Authenticator, Caller, bearer_token
 from meshsdk.controlplane.filestore import ConfigStore, Debouncer
 from meshsdk.controlplane.loop import LoopThread
 from meshsdk.controlplane.wire import (
@@ -316,6 +317,7 @@ class _Subscriber:
     marked: bool = False         # subscribed to the snapshot marker: changed types only
     ready: bool = True           # the workload's last readiness report
     health: str = ""
+    caller: Caller | None = None  # who its bearer token proves it is (authenticated servers)
     acked_version: str = ""
     last_nack: _NackRecord | None = None
     disconnected_at: float | None = None
@@ -331,6 +333,8 @@ class _Subscriber:
             "namespace": node.namespace if node else None,
             "workload": node.name if node else None,
             "peer": self.peer,
+            "authenticated_as": None if self.caller is None
+            else f"{self.caller.namespace}/{self.caller.service_account}",
             "connected_since": _iso(self.connected_since),
             "acked_version": self.acked_version or None,
             "last_nack": None if nack is None else {
@@ -445,7 +449,7 @@ class ConfigServer:
                  grace: float = REGISTRY_GRACE, sweep_interval: float = SWEEP_INTERVAL,
                  clock: Callable[[], float] = time.time,
                  shared_registry: EtcdRegistry | None = None,
-                 credentials: Any = None) -> None:
+                 credentials: Any = None, authenticator: Authenticator | None = None) -> None:
         """``services`` add more gRPC services to the same server before it starts
         (``lambda server: add_ca_service(server, ca, tokens)`` for the CA).
 
@@ -458,7 +462,11 @@ class ConfigServer:
         (:class:`~meshsdk.controlplane.etcd.EtcdRegistry`); without it the registry
         lives in this process. ``credentials`` (gRPC server credentials, e.g.
         :meth:`~meshsdk.controlplane.tls.ServingCertificate.server_credentials`) serve
-        the port over TLS; None serves plaintext."""
+        the port over TLS; None serves plaintext. ``authenticator`` (e.g. the CA's
+        :class:`~meshsdk.controlplane.ca_service.TokenDirectory`) makes every stream
+        prove who it is with a bearer token, and its node must then claim that namespace
+        and service account (as istiod checks a proxy's identity): no stream may read
+        another namespace's config or register a workload in its name."""
         self.store = store
         self._services = tuple(services)
         self.host = host
@@ -486,6 +494,7 @@ class ConfigServer:
         self.grace = grace
         self._shared = shared_registry
         self._credentials = credentials
+        self._authenticator = authenticator
         self.replica = shared_registry.replica if shared_registry is not None else ""
         self._validated: dict[str, Resource] = {}   # registry documents already checked
         # claims written to etcd whose echo has not come back yet: kept in the view so
@@ -989,9 +998,21 @@ class ConfigServer:
     ) -> AsyncIterator[bytes]:
         """One subscriber: a reader task handles requests, this generator writes
         serialized DiscoveryResponses."""
+        caller = None
+        if self._authenticator is not None:
+            token = bearer_token(context)
+            caller = None if token is None else self._authenticator.authenticate(token)
+            if caller is None:
+                log.warning("ADS stream from %s refused: %s", context.peer(),
+                            "no bearer token" if token is None else "unknown token")
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                    "a bootstrap token is required (authorization: Bearer)"
+                                    if token is None else "the bearer token is not valid")
+                return
         with self._lock:
             self._counter += 1
-            sub = _Subscriber(f"conn-{self._counter}", str(context.peer()), time.time())
+            sub = _Subscriber(f"conn-{self._counter}", str(context.peer()), time.time(),
+                              caller=caller)
             self._subscribers[sub.connection_id] = sub
             self._connected.inc()
         reader = asyncio.create_task(self._read(sub, request_iterator))
@@ -1024,7 +1045,7 @@ class ConfigServer:
                 with self._lock:
                     problem = self._handle(sub, message)
                 if problem is not None:
-                    self._put(sub, _Abort(grpc.StatusCode.INVALID_ARGUMENT, problem))
+                    self._put(sub, problem)
                     return
         except asyncio.CancelledError:
             raise
@@ -1032,11 +1053,22 @@ class ConfigServer:
             log.debug("stream %s ended: %r", sub.connection_id, exc)
         self._put(sub, None)
 
-    def _handle(self, sub: _Subscriber, message: ClientMessage) -> str | None:
+    def _handle(self, sub: _Subscriber, message: ClientMessage) -> _Abort | None:
         """Apply one request (lock held); return an error to end the stream with."""
         if sub.node is None:
             if message.node is None:
-                return "the first request of a stream must carry the node"
+                return _Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              "the first request of a stream must carry the node")
+            caller = sub.caller
+            if caller is not None and (message.node.namespace, message.node.service_account) \
+                    != (caller.namespace, caller.service_account):
+                log.warning("%s: node %s claims %s/%s but its token is %s/%s",
+                            sub.connection_id, message.node.node_id, message.node.namespace,
+                            message.node.service_account, *caller)
+                return _Abort(grpc.StatusCode.PERMISSION_DENIED,
+                              f"the node says namespace {message.node.namespace!r}, service "
+                              f"account {message.node.service_account!r}; the token is for "
+                              f"{caller.namespace}/{caller.service_account}")
             sub.node = message.node
             log.info("subscriber %s is %s", sub.connection_id, sub.node.node_id)
             if sub.node.auto_register:
@@ -1256,6 +1288,10 @@ def build_parser(prog: str = "python -m meshsdk.controlplane.server") -> argpars
                         help="serve CSR signing with the CA in DIR (meshctl ca init)")
     parser.add_argument("--tokens", metavar="DIR",
                         help="bootstrap tokens for the CA: files <namespace>.<sa>.token")
+    parser.add_argument("--authenticate", action="store_true",
+                        help="every subscriber must send a bootstrap token from --tokens "
+                        "(authorization: Bearer), and its node must claim that token's "
+                        "namespace and service account")
     parser.add_argument("--tls", action="store_true",
                         help="serve gRPC over TLS with a certificate from --ca-dir's CA "
                         "(istiod.istio-system.svc, localhost, --host); clients trust the "
@@ -1275,6 +1311,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     if bool(args.ca_dir) != bool(args.tokens):
         print("error: --ca-dir and --tokens go together", file=sys.stderr)
         return 2
+    if args.authenticate and not args.tokens:
+        print("error: --authenticate needs --tokens", file=sys.stderr)
+        return 2
     if args.tls and not args.ca_dir:
         print("error: --tls needs --ca-dir (the CA that issues the service's certificate)",
               file=sys.stderr)
@@ -1290,11 +1329,13 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         with contextlib.ExitStack() as stack:
             services: list[Callable[[Any], None]] = []
             credentials = None
+            authenticator = None
             if args.ca_dir:
                 from meshsdk.controlplane.ca_service import TokenDirectory, add_ca_service
                 from meshsdk.security.ca import MeshCA
                 ca, tokens = MeshCA.load(args.ca_dir), TokenDirectory(args.tokens)
                 services.append(lambda server: add_ca_service(server, ca, tokens))
+                authenticator = tokens if args.authenticate else None
                 if args.tls:
                     from meshsdk.controlplane.tls import ServingCertificate
                     credentials = ServingCertificate(
@@ -1317,7 +1358,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                 source = args.config
             server = stack.enter_context(ConfigServer(
                 store, host=args.host, port=args.port, grace=args.grace, services=services,
-                shared_registry=shared, credentials=credentials))
+                shared_registry=shared, credentials=credentials,
+                authenticator=authenticator))
             debug = stack.enter_context(DebugServer(server, port=args.debug_port))
             print(f"serving {source} version {store.version}: ADS on "
                   f"{args.host}:{server.port}, debug on 127.0.0.1:{debug.port}"

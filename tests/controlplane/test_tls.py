@@ -119,3 +119,67 @@ def test_serve_refuses_tls_without_a_ca(tmp_path: Path, capsys: pytest.CaptureFi
     from meshsdk.controlplane.server import main
     assert main(["--config", str(tmp_path), "--tls"]) == 2
     assert "--tls needs --ca-dir" in capsys.readouterr().err
+
+
+@pytest.fixture
+def guarded(tmp_path: Path, ca: MeshCA) -> Iterator[ConfigServer]:
+    """TLS, and every subscriber must prove its namespace and service account."""
+    config = tmp_path / "guarded-config"
+    config.mkdir()
+    (config / "se.yaml").write_text(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\n"
+        "metadata: {name: ratings, namespace: default}\nspec:\n"
+        "  hosts: [ratings.default.svc.cluster.local]\n  resolution: STATIC\n"
+        "  ports: [{number: 80, name: http, protocol: HTTP}]\n"
+        "  workloadSelector: {labels: {app: ratings}}\n")
+    tokens = tmp_path / "guarded-tokens"
+    tokens.mkdir()
+    (tokens / "default.bookinfo-productpage.token").write_text(TOKEN)
+    with ConfigStore(config).start() as store, ConfigServer(
+            store, port=0, credentials=ServingCertificate(ca).server_credentials(),
+            authenticator=TokenDirectory(tokens)) as srv:
+        yield srv
+
+
+PRODUCTPAGE_SA = Workload("productpage-v1", "default", {"app": "productpage"},
+                          "bookinfo-productpage")
+
+
+def test_an_authenticated_subscriber_is_served_and_registered(
+        guarded: ConfigServer, ca: MeshCA, tmp_path: Path) -> None:
+    mesh = Mesh.connect(f"127.0.0.1:{guarded.port}", PRODUCTPAGE_SA, ca_roots=ca.roots,
+                        token=TOKEN, register=True, ip="127.0.0.1", ports={"http": 9080},
+                        cache_dir=tmp_path / "cache", telemetry=False)
+    try:
+        assert mesh.status().connected and mesh.status().source == "server"
+        [entry] = guarded.syncz()
+        assert entry["authenticated_as"] == "default/bookinfo-productpage"
+        assert [e["name"] for e in guarded.registryz()] == ["auto-productpage-v1-127-0-0-1"]
+    finally:
+        mesh.close()
+
+
+@pytest.mark.parametrize("case, code", [
+    ("no token", "UNAUTHENTICATED"),
+    ("unknown token", "UNAUTHENTICATED"),
+    ("another service account", "PERMISSION_DENIED"),
+])
+def test_a_subscriber_that_cannot_prove_its_identity_gets_nothing(
+        guarded: ConfigServer, ca: MeshCA, tmp_path: Path, case: str, code: str) -> None:
+    workload, token = PRODUCTPAGE_SA, TOKEN
+    if case == "no token":
+        token = None  # type: ignore[assignment]
+    elif case == "unknown token":
+        token = "x" * 40
+    else:  # a valid token, but the node claims to be ratings: it may not register as it
+        workload = Workload("ratings-v1", "default", {"app": "ratings"}, "bookinfo-ratings")
+    mesh = Mesh.connect(f"127.0.0.1:{guarded.port}", workload, ca_roots=ca.roots,
+                        token=token, register=True, ip="127.0.0.1", ports={"http": 9080},
+                        cache_dir=tmp_path / "cache", wait=1.0, telemetry=False)
+    try:
+        wait_for(lambda: mesh.status().last_error is not None, "the refusal")
+        status = mesh.status()
+        assert status.version is None and code in str(status.last_error)
+        assert guarded.registryz() == []
+    finally:
+        mesh.close()
