@@ -115,10 +115,16 @@ def test_csr_signing_over_tls(server: ConfigServer, ca: MeshCA) -> None:
                       roots=MeshCA.create("cluster.local").roots)(csr)
 
 
-def test_serve_refuses_tls_without_a_ca(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("flags, says", [
+    (["--tls"], "--tls needs --ca-dir"),
+    (["--authenticate"], "--authenticate needs --tokens"),
+    (["--ca-dir", "x"], "--ca-dir and --tokens go together"),
+])
+def test_serve_refuses_options_it_cannot_honour(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], says: str) -> None:
     from meshsdk.controlplane.server import main
-    assert main(["--config", str(tmp_path), "--tls"]) == 2
-    assert "--tls needs --ca-dir" in capsys.readouterr().err
+    assert main(["--config", str(tmp_path), *flags]) == 2
+    assert says in capsys.readouterr().err
 
 
 @pytest.fixture
