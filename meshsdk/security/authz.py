@@ -1369,13 +1369,9 @@ class Authorizer:
 
     def check(self, req: AuthzRequest, *, custom: CustomCheck | None = None) -> Decision:
         """Decide ``req``; ``custom`` asks the CUSTOM provider when a CUSTOM rule matches."""
-        if self._trivial:
-            return self._default_allow
-        hit = self._custom_hit(req)
-        if hit is None:
-            return self._decide(req, None)
-        if isinstance(hit, Decision):
-            return self._with_extras(req, hit, ())
+        first = self._before_custom(req)
+        if isinstance(first, Decision):
+            return first
         assert self.provider is not None
         if custom is None:
             result = _no_handler(self.provider)
@@ -1384,11 +1380,28 @@ class Authorizer:
                 result = custom(req, self.provider)
             except Exception as exc:  # a broken authorizer must not open the door
                 result = _provider_failed(self.provider, exc)
-        return self._after_custom(req, hit, result)
+        return self._after_custom(req, first, result)
 
     async def check_async(self, req: AuthzRequest, *,
                           custom: AsyncCustomCheck | None = None) -> Decision:
         """:meth:`check` with an asynchronous CUSTOM provider."""
+        first = self._before_custom(req)
+        if isinstance(first, Decision):
+            return first
+        assert self.provider is not None
+        if custom is None:
+            result = _no_handler(self.provider)
+        else:
+            try:
+                result = await custom(req, self.provider)
+            except Exception as exc:  # a broken authorizer must not open the door
+                result = _provider_failed(self.provider, exc)
+        return self._after_custom(req, first, result)
+
+    def _before_custom(self, req: AuthzRequest) -> Decision | tuple[str, int]:
+        """The decision when no CUSTOM provider needs asking, else the CUSTOM rule that
+        matched (policy, rule index): the part :meth:`check` and :meth:`check_async`
+        share; only the call to the provider differs."""
         if self._trivial:
             return self._default_allow
         hit = self._custom_hit(req)
@@ -1396,15 +1409,7 @@ class Authorizer:
             return self._decide(req, None)
         if isinstance(hit, Decision):
             return self._with_extras(req, hit, ())
-        assert self.provider is not None
-        if custom is None:
-            result = _no_handler(self.provider)
-        else:
-            try:
-                result = await custom(req, self.provider)
-            except Exception as exc:
-                result = _provider_failed(self.provider, exc)
-        return self._after_custom(req, hit, result)
+        return hit
 
     def _custom_hit(self, req: AuthzRequest) -> tuple[str, int] | Decision | None:
         if self._broken is not None:
