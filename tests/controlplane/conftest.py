@@ -14,6 +14,20 @@ import pytest
 
 from meshsdk.testing.upstream import free_port
 
+# a ServiceEntry whose endpoints are registered workloads (app: ratings)
+RATINGS = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  workloadSelector: {labels: {app: ratings}}
+"""
+URL = "http://ratings.default.svc.cluster.local/"
+
 WAIT = 3.0
 """How long a test waits for something the watcher or a stream delivers."""
 

@@ -30,19 +30,7 @@ from meshsdk.errors import ConfigError
 from meshsdk.mesh import Mesh
 from meshsdk.testing.upstream import Upstream, free_port, respond
 from meshsdk.workload import Workload
-from tests.controlplane.conftest import wait_for
-
-RATINGS = """
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: ratings, namespace: default}
-spec:
-  hosts: [ratings.default.svc.cluster.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 80, name: http, protocol: HTTP}]
-  workloadSelector: {labels: {app: ratings}}
-"""
+from tests.controlplane.conftest import RATINGS, URL, wait_for
 
 ROUTE = """
 apiVersion: networking.istio.io/v1
@@ -56,7 +44,6 @@ spec:
     timeout: %s
 """
 
-URL = "http://ratings.default.svc.cluster.local/"
 
 
 @pytest.fixture

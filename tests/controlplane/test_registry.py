@@ -21,19 +21,8 @@ from meshsdk.errors import UsageError
 from meshsdk.mesh import Mesh
 from meshsdk.testing.upstream import Upstream, respond
 from meshsdk.workload import Workload
+from tests.controlplane.conftest import RATINGS, URL
 
-RATINGS = """
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: ratings, namespace: default}
-spec:
-  hosts: [ratings.default.svc.cluster.local]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{number: 80, name: http, protocol: HTTP}]
-  workloadSelector: {labels: {app: ratings}}
-"""
-URL = "http://ratings.default.svc.cluster.local/"
 T = TypeVar("T")
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import grpc  # type: ignore[import-untyped]
@@ -29,7 +28,6 @@ from meshsdk.dataplane.flow import (
     Sleep,
 )
 from meshsdk.outcome import Failure, Outcome
-from meshsdk.transport.common import shadow_authority
 from meshsdk.transport.tls import TlsError
 from meshsdk_grpc._pool import Bridge, ChannelPool, channel_options
 from meshsdk_grpc._status import number_of
@@ -47,6 +45,7 @@ from meshsdk_grpc.channel import (
     _Kind,
     _metadata,
     _recorded,
+    mirror_attempt,
     outcome,
 )
 
@@ -205,8 +204,7 @@ class AsyncMeshChannel:
         pending); its answer is ignored, as Envoy ignores a shadow's."""
         if len(self._mirrors) >= MIRRORS_PENDING:
             return
-        shadow = replace(attempt, authority=shadow_authority(attempt.authority),
-                         timeout=_MIRROR_TIMEOUT)
+        shadow = mirror_attempt(attempt)
 
         async def send() -> None:
             try:

@@ -270,8 +270,7 @@ class MeshChannel(grpc.Channel):  # type: ignore[misc]
         """Send a copy in the background (bounded; dropped when too many are pending)."""
         if not self._mirror_slots.acquire(blocking=False):
             return
-        shadow = replace(attempt, authority=shadow_authority(attempt.authority),
-                         timeout=_MIRROR_TIMEOUT)
+        shadow = mirror_attempt(attempt)
 
         def send() -> None:
             try:
@@ -302,6 +301,13 @@ class MeshChannel(grpc.Channel):  # type: ignore[misc]
     def _mirror_done(self, done: Future[None]) -> None:
         with self._mirrors_lock:
             self._mirrors_pending.discard(done)
+
+def mirror_attempt(attempt: Attempt) -> Attempt:
+    """The attempt a mirror sends: Envoy's ``-shadow`` authority, a bounded timeout
+    (shared by the sync and asyncio channels)."""
+    return replace(attempt, authority=shadow_authority(attempt.authority),
+                   timeout=_MIRROR_TIMEOUT)
+
 
 def channel(mesh: Mesh, target: str) -> MeshChannel:
     """A gRPC channel to ``target`` (``host:port`` as the app names the service) whose
