@@ -30,17 +30,26 @@ from __future__ import annotations
 import re
 import threading
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from operator import itemgetter
 from types import MappingProxyType
 from typing import Final, Protocol
 
-from opentelemetry.metrics import Counter, Histogram, MeterProvider, get_meter_provider
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
+from opentelemetry.metrics import (
+    CallbackOptions,
+    Histogram,
+    MeterProvider,
+    Observation,
+    get_meter_provider,
+)
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
+from meshsdk.telemetry.deferred import DeferredQueue, Drainer
 from meshsdk.telemetry.labels import BYTES_BUCKETS, DURATION_BUCKETS_MS, LABEL_NAMES, istio_labels
 from meshsdk.telemetry.record import UNKNOWN, CallRecord
 
@@ -285,7 +294,10 @@ reports."""
 
 
 class MetricsSink(Protocol):
-    """Records one finished request into metrics; called once per request and side."""
+    """Records one finished request into metrics; called once per request and side.
+
+    A sink may also have a ``close()`` method: :meth:`Telemetry.close` calls it (the OTel
+    sink records what it still holds queued)."""
 
     def record(self, record: CallRecord, view: MetricsView = DEFAULT_VIEW) -> None: ...
 
@@ -381,10 +393,18 @@ class OtelMetrics:
     bucket bounds as ``explicit_bucket_boundaries_advisory``; an SDK view may override
     them. The OTel SDK applies its own cardinality limit (2000 attribute sets per
     instrument by default) besides this sink's :class:`LabelGuard`.
+
+    Recording is deferred (:mod:`meshsdk.telemetry.deferred`): :meth:`record` queues
+    one tuple and returns; the SDK's per-measurement work (cleaning and hashing 25
+    attributes, three histograms) happens in a drainer thread, or in the reader at
+    collection time: ``istio_requests_total`` is an observable counter whose callback
+    first drains the queue, so every collection sees every call finished before it.
+    :meth:`flush` drains on demand; ``deferred=False`` records inline instead.
     """
 
     def __init__(self, meter_provider: MeterProvider | None = None, *,
-                 guard: LabelGuard | None = None) -> None:
+                 guard: LabelGuard | None = None, deferred: bool = True,
+                 drainer: Drainer | None = None) -> None:
         provider = meter_provider if meter_provider is not None else get_meter_provider()
         meter = provider.get_meter(_SCOPE)
         self.guard = guard if guard is not None else LabelGuard()
@@ -399,8 +419,13 @@ class OtelMetrics:
         # stays empty: "1" would become a "_ratio" suffix under the same rules. The
         # histogram units "ms" and "By" map to "milliseconds"/"bytes", which the names
         # already end in, so no suffix is added there either.
-        self._requests: Counter = meter.create_counter(
-            METRIC_NAMES[REQUEST_COUNT], unit="", description=_DESCRIPTIONS[REQUEST_COUNT])
+        # The counter is observable: it exports the same monotonic sum as a Counter, and
+        # its callback is the collection-time hook that drains the deferred queue.
+        self._lock = threading.Lock()
+        self._counts: dict[_CountKey, _Count] = {}
+        meter.create_observable_counter(
+            METRIC_NAMES[REQUEST_COUNT], callbacks=[self._observe_requests], unit="",
+            description=_DESCRIPTIONS[REQUEST_COUNT])
         self._duration: Histogram = meter.create_histogram(
             METRIC_NAMES[REQUEST_DURATION], unit="ms",
             description=_DESCRIPTIONS[REQUEST_DURATION],
@@ -411,33 +436,86 @@ class OtelMetrics:
         self._response_bytes: Histogram = meter.create_histogram(
             METRIC_NAMES[RESPONSE_SIZE], unit="By", description=_DESCRIPTIONS[RESPONSE_SIZE],
             explicit_bucket_boundaries_advisory=BYTES_BUCKETS)
-        # (layout, values) -> attributes, for label sets the guard admitted unchanged
-        self._attributes: dict[tuple[_Layout, _Labels], dict[str, str]] = {}
+        # (layout, values) -> (count key, attributes), for label sets the guard admitted
+        # unchanged
+        self._attributes: dict[tuple[_Layout, _Labels], tuple[_CountKey, dict[str, str]]] = {}
+        self._queue: DeferredQueue[_Measured] | None = (
+            DeferredQueue(self._apply, drainer=drainer) if deferred else None)
 
     def record(self, record: CallRecord, view: MetricsView = DEFAULT_VIEW) -> None:
         """Record ``record`` into the instruments the view leaves enabled."""
+        duration_ms = max(record.duration, 0.0) * 1000.0
+        context = otel_context.get_current()  # exemplars: the span current at the call
         for group in view.groups():
+            layout = group.layout
             values = group.values(record)
-            attributes = self._attributes.get((group.layout, values))
-            if attributes is None:
-                attributes = self._admit(group.layout, values)
-            for metric in group.metrics:
-                if metric == REQUEST_COUNT:
-                    self._requests.add(1, attributes)
-                elif metric == REQUEST_DURATION:
-                    self._duration.record(max(record.duration, 0.0) * 1000.0, attributes)
-                elif metric == REQUEST_SIZE:
-                    self._request_bytes.record(request_size(record), attributes)
-                else:
-                    self._response_bytes.record(response_size(record), attributes)
+            admitted = self._attributes.get((layout, values))
+            if admitted is None:
+                admitted = self._admit(layout, values)
+            item = (admitted, layout, duration_ms,
+                    request_size(record) if layout.request_size else 0,
+                    response_size(record) if layout.response_size else 0, context)
+            if self._queue is not None:
+                self._queue.put(item)
+            else:
+                with self._lock:
+                    self._apply(item)
 
-    def _admit(self, layout: _Layout, values: _Labels) -> dict[str, str]:
+    def flush(self) -> None:
+        """Record everything queued now (collection does this by itself)."""
+        if self._queue is not None:
+            self._queue.drain()
+
+    def close(self) -> None:
+        """Record what is queued and stop draining this sink in the background."""
+        if self._queue is not None:
+            self._queue.close()
+
+    def _apply(self, item: _Measured) -> None:
+        """One queued record into the instruments (under the queue's drain lock, or
+        this sink's lock when recording inline)."""
+        (key, attributes), layout, duration_ms, request_bytes, response_bytes, context = item
+        for metric in layout.metrics:
+            if metric == REQUEST_COUNT:
+                cell = self._counts.get(key)
+                if cell is None:
+                    cell = self._counts[key] = _Count(attributes)
+                cell.count += 1
+            elif metric == REQUEST_DURATION:
+                self._duration.record(duration_ms, attributes, context)
+            elif metric == REQUEST_SIZE:
+                self._request_bytes.record(request_bytes, attributes, context)
+            else:
+                self._response_bytes.record(response_bytes, attributes, context)
+
+    def _observe_requests(self, options: CallbackOptions) -> Iterable[Observation]:
+        """The counter's callback: drain first (the histograms land before the reader
+        collects them), then report every series' cumulative count."""
+        self.flush()
+        with self._queue.lock if self._queue is not None else self._lock:
+            return [Observation(c.count, c.attributes) for c in self._counts.values()]
+
+    def _admit(self, layout: _Layout, values: _Labels) -> tuple[_CountKey, dict[str, str]]:
         admitted = self.guard.admit(layout.metrics, layout.names, values)
-        attributes = dict(zip(layout.names, admitted, strict=True))
+        result = ((layout, admitted), dict(zip(layout.names, admitted, strict=True)))
         if admitted == values:
             # bounded: the guard admits at most max_series_per_metric label sets unchanged
-            self._attributes[(layout, values)] = attributes
-        return attributes
+            self._attributes[(layout, values)] = result
+        return result
+
+
+class _Count:
+    """The cumulative ``istio_requests_total`` of one label set."""
+
+    __slots__ = ("attributes", "count")
+
+    def __init__(self, attributes: dict[str, str]) -> None:
+        self.attributes = attributes
+        self.count = 0
+
+
+_CountKey = tuple[_Layout, _Labels]
+_Measured = tuple[tuple[_CountKey, dict[str, str]], _Layout, float, int, int, Context]
 
 
 # --- prometheus_client ------------------------------------------------------------------

@@ -304,8 +304,24 @@ class Telemetry:
             if path not in paths:
                 _close_handler(self._handlers.pop(path))
 
+    def flush(self) -> None:
+        """Record now what the metrics sinks hold queued (a sink with a ``flush`` method,
+        such as :class:`OtelMetrics`, which records off the request path). Collection
+        by the OTel reader does this by itself; call it before reading the SDK's
+        instruments some other way."""
+        for sink in self._sinks:
+            flush = getattr(sink, "flush", None)
+            if callable(flush):
+                flush()
+
     def close(self) -> None:
-        """Close the access log files this object opened."""
+        """Record what the metrics sinks still hold queued (a sink with a ``close``
+        method, such as :class:`OtelMetrics`) and close the access log files this object
+        opened."""
+        for sink in self._sinks:
+            close = getattr(sink, "close", None)
+            if callable(close):
+                close()
         for handler in self._handlers.values():
             _close_handler(handler)
         self._handlers.clear()

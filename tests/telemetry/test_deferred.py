@@ -1,0 +1,190 @@
+"""Metrics recorded off the request path: the queue's policy (batch, back-pressure,
+order, once), the real drainer thread, fork handling, and the OTel sink built on it:
+every collection sees every finished call, inline and deferred recording agree, and
+exemplars still point at the span that was current when the call finished."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+
+from meshsdk.telemetry.deferred import DeferredQueue, Drainer
+from meshsdk.telemetry.metrics import OtelMetrics
+from meshsdk.telemetry.recorder import Telemetry
+from meshsdk.workload import Workload
+from tests.telemetry.test_metrics import CASES, OK, URX
+
+# --- the queue ------------------------------------------------------------------------
+
+
+class IdleDrainer(Drainer):
+    """A drainer whose thread never runs: what the queue itself does, deterministically.
+    (The real thread is tested below; here it would race the assertions.)"""
+
+    def __init__(self) -> None:
+        super().__init__(interval=3600.0)
+        self.registered: list[object] = []
+        self.wakes = 0
+
+    def register(self, queue: Any) -> None:
+        self.registered.append(queue)
+
+    def unregister(self, queue: Any) -> None:
+        self.registered.remove(queue)
+
+    def wake(self) -> None:
+        self.wakes += 1
+
+
+def test_items_wait_for_a_drain_then_pass_in_order_once() -> None:
+    seen: list[int] = []
+    drainer = IdleDrainer()
+    queue = DeferredQueue(seen.append, batch=10, limit=100, drainer=drainer)
+    for i in range(5):
+        queue.put(i)
+    assert seen == [] and len(queue) == 5
+    assert drainer.registered == [queue]          # registered on first put, once
+    assert queue.drain() == 5
+    assert seen == [0, 1, 2, 3, 4]
+    assert queue.drain() == 0 and seen == [0, 1, 2, 3, 4]
+
+
+def test_a_full_batch_wakes_the_drainer_and_the_limit_drains_inline() -> None:
+    seen: list[int] = []
+    drainer = IdleDrainer()
+    queue = DeferredQueue(seen.append, batch=4, limit=8, drainer=drainer)
+    for i in range(7):
+        queue.put(i)
+    assert drainer.wakes == 1 and seen == []      # woken once, at the 4th item
+    queue.put(7)                                  # the 8th: the drainer is behind
+    assert seen == list(range(8)) and len(queue) == 0
+
+
+def test_close_drains_and_leaves_the_drainer() -> None:
+    seen: list[int] = []
+    drainer = IdleDrainer()
+    queue = DeferredQueue(seen.append, drainer=drainer)
+    queue.put(1)
+    queue.close()
+    assert seen == [1] and drainer.registered == []
+
+
+def test_bad_sizes_are_refused() -> None:
+    with pytest.raises(ValueError, match="batch"):
+        DeferredQueue(print, batch=0)
+    with pytest.raises(ValueError, match="limit"):
+        DeferredQueue(print, batch=10, limit=5)
+
+
+def test_the_drainer_thread_drains_a_batch_by_itself() -> None:
+    done = threading.Event()
+    seen: list[int] = []
+
+    def handle(item: int) -> None:
+        seen.append(item)
+        if len(seen) == 8:
+            done.set()
+
+    drainer = Drainer(interval=3600.0)   # only the batch wake can make it drain
+    queue = DeferredQueue(handle, batch=8, limit=64, drainer=drainer)
+    for i in range(8):
+        queue.put(i)
+    assert done.wait(10.0), "the drainer thread did not drain a full batch"
+    assert seen == list(range(8))
+    queue.close()
+
+
+def test_after_fork_the_child_starts_empty_with_a_new_thread() -> None:
+    drainer = Drainer(interval=3600.0)
+    queue = DeferredQueue(lambda item: None, batch=100, drainer=drainer)
+    queue.put("parent's")
+    parent_thread = drainer._thread
+    drainer._after_fork()     # what os.register_at_fork runs in a child process
+    assert len(queue) == 0    # the parent records what it queued, not the child
+    assert drainer._thread is not None and drainer._thread is not parent_thread
+    assert drainer._thread.is_alive()
+    queue.close()
+
+
+# --- the OTel sink ----------------------------------------------------------------------
+
+
+def points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
+    data = reader.get_metrics_data()
+    assert data is not None
+    return {m.name: list(m.data.data_points) for rm in data.resource_metrics
+            for sm in rm.scope_metrics for m in sm.metrics}
+
+
+def comparable(found: dict[str, list[Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, pts in found.items():
+        out[name] = sorted(
+            (tuple(sorted(p.attributes.items())),
+             getattr(p, "value", None), getattr(p, "count", None), getattr(p, "sum", None),
+             tuple(getattr(p, "bucket_counts", ()))) for p in pts)
+    return out
+
+
+def test_a_collection_sees_every_queued_call() -> None:
+    reader = InMemoryMetricReader()
+    sink = OtelMetrics(MeterProvider(metric_readers=[reader]), drainer=IdleDrainer())
+    for _ in range(3):
+        sink.record(OK)
+    sink.record(URX)
+    found = points(reader)               # nothing drained the queue but the collection
+    counts = {p.attributes["response_code"]: p.value for p in found["istio_requests_total"]}
+    assert counts == {"200": 3, "503": 1}
+    (duration_ok,) = [p for p in found["istio_request_duration_milliseconds"]
+                      if p.attributes["response_code"] == "200"]
+    assert duration_ok.count == 3 and duration_ok.sum == pytest.approx(36.0)
+    sink.record(OK)                      # cumulative across collections
+    again = points(reader)
+    assert {p.attributes["response_code"]: p.value
+            for p in again["istio_requests_total"]} == {"200": 4, "503": 1}
+
+
+def test_deferred_and_inline_recording_export_the_same() -> None:
+    results = []
+    for deferred in (True, False):
+        reader = InMemoryMetricReader()
+        sink = OtelMetrics(MeterProvider(metric_readers=[reader]), deferred=deferred,
+                           drainer=IdleDrainer())
+        for record in CASES.values():
+            sink.record(record)
+            sink.record(record)
+        results.append(comparable(points(reader)))
+    assert results[0] == results[1]
+    assert len(results[0]["istio_requests_total"]) == len(CASES)
+
+
+def test_exemplars_keep_the_span_current_at_the_call() -> None:
+    reader = InMemoryMetricReader()
+    sink = OtelMetrics(MeterProvider(metric_readers=[reader]), drainer=IdleDrainer())
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("handler") as span:
+        sink.record(OK)
+    trace_id = span.get_span_context().trace_id
+    (duration,) = points(reader)["istio_request_duration_milliseconds"]
+    assert [e.trace_id for e in duration.exemplars] == [trace_id]
+
+
+def test_telemetry_flush_and_close_record_what_is_queued() -> None:
+    reader = InMemoryMetricReader()
+    telemetry = Telemetry(Workload(name="a", namespace="default"),
+                          meter_provider=MeterProvider(metric_readers=[reader]))
+    (sink,) = [s for s in telemetry._sinks if isinstance(s, OtelMetrics)]
+    sink._queue = DeferredQueue(sink._apply, drainer=IdleDrainer())
+    sink.record(OK)
+    assert len(sink._queue) == 1
+    telemetry.flush()
+    assert len(sink._queue) == 0
+    sink.record(OK)
+    telemetry.close()
+    assert len(sink._queue) == 0
+    assert [p.value for p in points(reader)["istio_requests_total"]] == [2]
