@@ -24,6 +24,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import chain
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, overload
 
@@ -383,7 +384,7 @@ class Telemetry:
                 added = inject(span.get_span_context(),
                                parent.context.span_id if parent else None)
                 headers.extend(added)
-                size += sum(len(k) + len(v) for k, v in added)
+                size += sum(map(len, chain.from_iterable(added)))
         return OutboundCall(self, side, method, scheme, authority, path, headers, request_id,
                             span, self._clock(), self._wall(), length, grpc, target[1], size)
 
@@ -665,7 +666,7 @@ class OutboundCall:
         if isinstance(given, Sequence):
             response_headers = given
         else:  # httpx.Headers: sized from its raw bytes, decoded only if something reads it
-            header_bytes = sum(len(k) + len(v) for k, v in given.raw)
+            header_bytes = sum(map(len, chain.from_iterable(given.raw)))
             response_headers = _LazyHeaders(given)
         service = (tel._service(result, self.authority) if result is not None
                    else Service(host=split_host_port(self.authority)[0]))
