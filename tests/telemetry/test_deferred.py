@@ -5,6 +5,7 @@ exemplars still point at the span that was current when the call finished."""
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -188,3 +189,34 @@ def test_telemetry_flush_and_close_record_what_is_queued() -> None:
     telemetry.close()
     assert len(sink._queue) == 0
     assert [p.value for p in points(reader)["istio_requests_total"]] == [2]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_drains_with_its_own_thread() -> None:
+    """gunicorn forks workers after import: the shared drainer's thread does not survive
+    a fork, so the at-fork hook must start a new one in the child."""
+    done = threading.Event()
+    seen: list[str] = []
+
+    def handle(item: str) -> None:
+        seen.append(item)
+        if len(seen) == 4:
+            done.set()
+
+    queue = DeferredQueue(handle, batch=4, limit=64)     # the process-wide drainer
+    queue.put("before the fork")
+    queue.drain()
+    pid = os.fork()
+    if pid == 0:  # the child: exit status says whether its drainer drained a batch
+        code = 1
+        try:
+            seen.clear()
+            for i in range(4):
+                queue.put(f"child {i}")
+            code = 0 if done.wait(10.0) and len(seen) == 4 else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert seen == ["before the fork"]                   # the parent's list is its own
+    queue.close()
