@@ -4,7 +4,7 @@ Why: OpenTelemetry's Python SDK cleans and hashes every attribute of every measu
 With Istio's 25 labels that is 10-50 us per measurement, three histograms per call:
 more than the whole mesh costs. Envoy faces the same problem and keeps its stats in
 per-worker stores merged off the request path; this module is that idea for Python.
-A request thread appends one small tuple to a :class:`DeferredQueue` (a
+A request thread appends small tuples to a :class:`DeferredQueue` (a
 ``collections.deque``: append and popleft are atomic, no lock on the hot path) and the
 queue is drained into the instruments
 
