@@ -36,6 +36,10 @@ machine hits every variant alike. Each call is timed with ``time.perf_counter_ns
 CPU time is ``time.process_time`` over each block (this process only: nginx is
 not counted). ``--profile`` adds a cProfile of the sync mesh client.
 
+Each ratio is printed with a 90% bootstrap interval (blocks resampled with
+replacement, fixed seed): how far this run's noise could move it. The verdict is
+the ratio itself against the target, interval or not.
+
 Not a test (pytest only collects ``tests/``). Exit status: 0, or 1 with
 ``--strict`` when a target is missed, 2 when the upstream cannot be set up.
 """
@@ -51,6 +55,7 @@ import math
 import os
 import platform
 import pstats
+import random
 import shutil
 import socket
 import subprocess
@@ -305,6 +310,7 @@ class Variant:
     client: Any
     samples: list[int] = field(default_factory=list)     # ns per call
     block_p50: list[float] = field(default_factory=list)  # us, one per block
+    blocks: list[list[int]] = field(default_factory=list)  # ns per call, per block
     cpu: float = 0.0                                      # process_time seconds
     errors: int = 0
     # records what the variant's telemetry deferred, at the end of each block and
@@ -511,6 +517,7 @@ def measure(args: argparse.Namespace, nginx: str, port: int, tls_port: int,
                 for v in order:
                     out = run_block(v, per_block, runner)
                     v.samples.extend(out)
+                    v.blocks.append(out)
                     v.block_p50.append(percentile(sorted(out), 50))
                 done_blocks += 1
                 if time.monotonic() - started > args.max_seconds:
@@ -559,6 +566,24 @@ def _pairs(variants: list[Variant]) -> list[tuple[str, Variant, Variant, float]]
             ("async", variants[5], variants[6], TARGET_P50_RATIO)]
 
 
+def ratio_interval(bare: Variant, mesh: Variant, rounds: int = 400, seed: int = 1
+                   ) -> tuple[float, float]:
+    """A 90% bootstrap interval for the p50 ratio: blocks resampled with replacement,
+    the same blocks for both variants (they ran in the same time slots). It says how
+    much of a miss or a pass this run's noise could explain; the verdict stays the
+    ratio of the pooled medians."""
+    rng = random.Random(seed)
+    n = len(bare.blocks)
+    ratios = []
+    for _ in range(rounds):
+        picks = [rng.randrange(n) for _ in range(n)]
+        b = sorted(x for i in picks for x in bare.blocks[i])
+        m = sorted(x for i in picks for x in mesh.blocks[i])
+        ratios.append(percentile(m, 50) / percentile(b, 50))
+    ratios.sort()
+    return ratios[int(0.05 * rounds)], ratios[int(0.95 * rounds) - 1]
+
+
 def _missed(variants: list[Variant]) -> list[str]:
     return [mesh.name for _, bare, mesh, target in _pairs(variants)
             if _stats(mesh)[0] / _stats(bare)[0] > target]
@@ -581,15 +606,17 @@ def report(variants: list[Variant], blocks: int, per_block: int, args: argparse.
         p50, p99, mean, cpu = _stats(v)
         print(f"{v.name:<22} {p50:>8.1f} {p99:>8.1f} {mean:>8.1f} {cpu:>12.1f} {v.errors:>6}")
     print()
-    print(f"{'ratio':<10} {'p50':>7} {'p50 per block':>15} {'CPU':>7} {'+p50 us':>8} "
-          f"{'+CPU us':>8}  {'target':<14} result")
+    print(f"{'ratio':<10} {'p50':>7} {'90% interval':>13} {'p50 per block':>15} {'CPU':>7} "
+          f"{'+p50 us':>8} {'+CPU us':>8}  {'target':<14} result")
     for label, bare, mesh, target in _pairs(variants):
         b, m = _stats(bare), _stats(mesh)
         ratios = sorted(mp / bp for mp, bp in zip(mesh.block_p50, bare.block_p50, strict=True))
         p50_ratio = m[0] / b[0]
         verdict = "PASS" if p50_ratio <= target else "MISS"
         spread = f"{ratios[0]:.2f}-{ratios[-1]:.2f}"
-        print(f"{label:<10} {p50_ratio:>6.2f}x {spread:>15} {m[3] / b[3]:>6.2f}x "
+        low, high = ratio_interval(bare, mesh)
+        interval = f"{low:.2f}-{high:.2f}"
+        print(f"{label:<10} {p50_ratio:>6.2f}x {interval:>13} {spread:>15} {m[3] / b[3]:>6.2f}x "
               f"{m[0] - b[0]:>+8.1f} {m[3] - b[3]:>+8.1f}  p50 <= {target:.2f}x  "
               f"{verdict}")
     if any(v.errors for v in variants):
