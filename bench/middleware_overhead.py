@@ -28,7 +28,8 @@ The client is one ``httpx.Client`` making sequential keep-alive GETs on 127.0.0.
 Variants are interleaved in blocks (``calls / blocks`` per block, alternating which
 goes first) after a warm-up, so drift on a shared machine hits both alike; each call
 is timed with ``time.perf_counter_ns``. Reported: median and p99 latency per variant
-and the ratio of the medians (target: at most 1.10x).
+and the ratio of the medians (target: at most 1.10x), with a 90% bootstrap interval
+over the blocks (``bench/ratios.py``): how far this run's noise could move the ratio.
 
 ``--telemetry off`` runs the meshed app without telemetry, to separate what the
 security checks cost from what recording costs.
@@ -55,6 +56,11 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout: bench.ratios and meshsdk importable
+    sys.path.insert(0, str(ROOT))
+
+from bench.ratios import percentile, ratio_interval  # noqa: E402
+
 TARGET_P50_RATIO = 1.10
 FRAMEWORKS = ("flask", "fastapi", "django")
 SERVERS = {"flask": "gunicorn gthread", "fastapi": "uvicorn", "django": "gunicorn gthread"}
@@ -262,16 +268,11 @@ def timed_calls(client: httpx.Client, url: str, n: int, out: list[int]) -> int:
     return errors
 
 
-def percentile(values: Sequence[int], q: float) -> float:
-    """Nearest-rank percentile of sorted nanoseconds, in microseconds."""
-    index = max(0, min(len(values) - 1, round(q / 100 * len(values) + 0.5) - 1))
-    return values[index] / 1000
-
-
 def measure(framework: str, port: int, calls: int, blocks: int, warmup: int
             ) -> dict[str, Any]:
     """Interleaved blocks of the two variants on one keep-alive client."""
     samples: dict[str, list[int]] = {"bare": [], "mesh": []}
+    blocks_of: dict[str, list[list[int]]] = {"bare": [], "mesh": []}
     errors = 0
     per_block = max(1, calls // blocks)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
@@ -280,13 +281,16 @@ def measure(framework: str, port: int, calls: int, blocks: int, warmup: int
         for block in range(blocks):
             order = ("bare", "mesh") if block % 2 == 0 else ("mesh", "bare")
             for variant in order:
-                errors += timed_calls(client, f"/{variant}/hello", per_block,
-                                      samples[variant])
+                out: list[int] = []
+                errors += timed_calls(client, f"/{variant}/hello", per_block, out)
+                samples[variant].extend(out)
+                blocks_of[variant].append(out)
     result: dict[str, Any] = {"framework": framework, "errors": errors}
     for variant, values in samples.items():
         values.sort()
         result[variant] = (percentile(values, 50), percentile(values, 99), len(values))
     result["ratio"] = result["mesh"][0] / result["bare"][0]
+    result["interval"] = ratio_interval(blocks_of["bare"], blocks_of["mesh"])
     return result
 
 
@@ -346,7 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "metrics (Prometheus sink), 1% traces (OTel SDK)\n" if args.telemetry == "istio"
         else "telemetry off\n"))
     print(f"{'framework':<9} {'server':<17} {'bare p50':>9} {'mesh p50':>9} {'bare p99':>9} "
-          f"{'mesh p99':>9} {'+p50 us':>8} {'ratio':>6}  {'target':<10} result")
+          f"{'mesh p99':>9} {'+p50 us':>8} {'ratio':>6} {'90% interval':>13}  {'target':<10} "
+          f"result")
     missed = False
     for r in results:
         bare, mesh = r["bare"], r["mesh"]
@@ -354,7 +359,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         missed |= not ok
         print(f"{r['framework']:<9} {SERVERS[r['framework']]:<17} {bare[0]:>9.1f} "
               f"{mesh[0]:>9.1f} {bare[1]:>9.1f} {mesh[1]:>9.1f} {mesh[0] - bare[0]:>+8.1f} "
-              f"{r['ratio']:>5.2f}x  <= {TARGET_P50_RATIO:.2f}x    {'PASS' if ok else 'MISS'}")
+              f"{r['ratio']:>5.2f}x {r['interval'][0]:>6.2f}-{r['interval'][1]:.2f}  "
+              f"<= {TARGET_P50_RATIO:.2f}x    {'PASS' if ok else 'MISS'}")
     print("(latencies in microseconds, client-side, per call)")
     if any(r["errors"] for r in results):
         print("\nERRORS: some calls did not answer 200; the numbers above are suspect.")

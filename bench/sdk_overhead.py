@@ -51,11 +51,9 @@ import asyncio
 import cProfile
 import gc
 import io
-import math
 import os
 import platform
 import pstats
-import random
 import shutil
 import socket
 import subprocess
@@ -73,6 +71,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench.ratios import percentile, ratio_interval  # noqa: E402
 from meshsdk.mesh import Mesh  # noqa: E402
 from meshsdk.security.ca import (  # noqa: E402
     MeshCA,
@@ -352,12 +351,6 @@ def run_block(v: Variant, n: int, runner: asyncio.Runner) -> list[int]:
     return out
 
 
-def percentile(sorted_ns: Sequence[int], q: float) -> float:
-    """Nearest-rank percentile, in microseconds."""
-    k = min(len(sorted_ns) - 1, max(0, math.ceil(q / 100 * len(sorted_ns)) - 1))
-    return sorted_ns[k] / 1000
-
-
 def check_mesh_routing(v: Variant, runner: asyncio.Runner) -> str | None:
     """The mesh variant really goes through the split route to both subsets."""
     clusters: set[str] = set()
@@ -566,24 +559,6 @@ def _pairs(variants: list[Variant]) -> list[tuple[str, Variant, Variant, float]]
             ("async", variants[5], variants[6], TARGET_P50_RATIO)]
 
 
-def ratio_interval(bare: Variant, mesh: Variant, rounds: int = 400, seed: int = 1
-                   ) -> tuple[float, float]:
-    """A 90% bootstrap interval for the p50 ratio: blocks resampled with replacement,
-    the same blocks for both variants (they ran in the same time slots). It says how
-    much of a miss or a pass this run's noise could explain; the verdict stays the
-    ratio of the pooled medians."""
-    rng = random.Random(seed)
-    n = len(bare.blocks)
-    ratios = []
-    for _ in range(rounds):
-        picks = [rng.randrange(n) for _ in range(n)]
-        b = sorted(x for i in picks for x in bare.blocks[i])
-        m = sorted(x for i in picks for x in mesh.blocks[i])
-        ratios.append(percentile(m, 50) / percentile(b, 50))
-    ratios.sort()
-    return ratios[int(0.05 * rounds)], ratios[int(0.95 * rounds) - 1]
-
-
 def _missed(variants: list[Variant]) -> list[str]:
     return [mesh.name for _, bare, mesh, target in _pairs(variants)
             if _stats(mesh)[0] / _stats(bare)[0] > target]
@@ -614,7 +589,7 @@ def report(variants: list[Variant], blocks: int, per_block: int, args: argparse.
         p50_ratio = m[0] / b[0]
         verdict = "PASS" if p50_ratio <= target else "MISS"
         spread = f"{ratios[0]:.2f}-{ratios[-1]:.2f}"
-        low, high = ratio_interval(bare, mesh)
+        low, high = ratio_interval(bare.blocks, mesh.blocks)
         interval = f"{low:.2f}-{high:.2f}"
         print(f"{label:<10} {p50_ratio:>6.2f}x {interval:>13} {spread:>15} {m[3] / b[3]:>6.2f}x "
               f"{m[0] - b[0]:>+8.1f} {m[3] - b[3]:>+8.1f}  p50 <= {target:.2f}x  "
