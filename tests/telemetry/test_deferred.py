@@ -82,15 +82,23 @@ def test_bad_sizes_are_refused() -> None:
         DeferredQueue(print, batch=10, limit=5)
 
 
+class Collector:
+    """A queue's handler that keeps what it is given and says when it has ``n`` items."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.seen: list[object] = []
+        self.done = threading.Event()
+
+    def __call__(self, item: object) -> None:
+        self.seen.append(item)
+        if len(self.seen) == self.n:
+            self.done.set()
+
+
 def test_the_drainer_thread_drains_a_batch_by_itself() -> None:
-    done = threading.Event()
-    seen: list[int] = []
-
-    def handle(item: int) -> None:
-        seen.append(item)
-        if len(seen) == 8:
-            done.set()
-
+    handle = Collector(8)
+    done, seen = handle.done, handle.seen
     drainer = Drainer(interval=3600.0)   # only the batch wake can make it drain
     queue = DeferredQueue(handle, batch=8, limit=64, drainer=drainer)
     for i in range(8):
@@ -195,14 +203,8 @@ def test_telemetry_flush_and_close_record_what_is_queued() -> None:
 def test_a_forked_child_drains_with_its_own_thread() -> None:
     """gunicorn forks workers after import: the shared drainer's thread does not survive
     a fork, so the at-fork hook must start a new one in the child."""
-    done = threading.Event()
-    seen: list[str] = []
-
-    def handle(item: str) -> None:
-        seen.append(item)
-        if len(seen) == 4:
-            done.set()
-
+    handle = Collector(4)
+    done, seen = handle.done, handle.seen
     queue = DeferredQueue(handle, batch=4, limit=64)     # the process-wide drainer
     queue.put("before the fork")
     queue.drain()
