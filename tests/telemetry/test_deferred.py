@@ -110,7 +110,7 @@ def test_the_drainer_thread_drains_a_batch_by_itself() -> None:
 
 def test_after_fork_the_child_starts_empty_with_a_new_thread() -> None:
     drainer = Drainer(interval=3600.0)
-    queue = DeferredQueue(lambda item: None, batch=100, drainer=drainer)
+    queue: DeferredQueue[object] = DeferredQueue(lambda item: None, batch=100, drainer=drainer)
     queue.put("parent's")
     parent_thread = drainer._thread
     drainer._after_fork()     # what os.register_at_fork runs in a child process
