@@ -100,9 +100,11 @@ class InboundSecurity:
                 response_headers=tuple(authn.response_headers), headers_to_set=(),
                 headers_to_remove=(), query=None, authn=authn, authz=None,
                 request_principal=None)
-        joined: dict[str, str] = {}
-        for name, value in headers:
-            joined[name] = f"{joined[name]},{value}" if name in joined else value
+        joined = dict(headers)
+        if len(joined) != len(headers):  # a repeated header: its values joined with ","
+            joined = {}
+            for name, value in headers:
+                joined[name] = f"{joined[name]},{value}" if name in joined else value
         req = AuthzRequest(
             principal=peer, request_principal=authn.request_principal,
             claims=authn.claims or {}, audiences=tuple(authn.audiences or ()),
