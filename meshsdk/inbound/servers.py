@@ -84,6 +84,7 @@ def rotating_server_context(identity: WorkloadIdentity, *, require_client_cert: 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
+    ctx.options |= ssl.OP_NO_RENEGOTIATION  # the peer identity is kept per connection
     ctx.load_verify_locations(cadata=identity.roots_pem.decode("ascii"))
     ctx.set_alpn_protocols(list(ALPN_PROTOCOLS))
 

@@ -498,6 +498,9 @@ class WorkloadIdentity:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         if server:
             ctx.verify_mode = ssl.CERT_REQUIRED if require else ssl.CERT_OPTIONAL
+            # a connection's peer identity is read once and kept (servers cache it per
+            # connection): no renegotiation may swap the certificate, as in Envoy
+            ctx.options |= ssl.OP_NO_RENEGOTIATION
         else:
             ctx.check_hostname = False  # mesh peers are checked by SPIFFE ID
             ctx.verify_mode = ssl.CERT_REQUIRED

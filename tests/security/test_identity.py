@@ -84,6 +84,9 @@ def test_contexts(make_identity: IdentityFactory) -> None:
     assert strict.minimum_version == ssl.TLSVersion.TLSv1_2
     assert strict is identity.server_context(require_client_cert=True)
     assert len({id(client), id(strict), id(optional)}) == 3
+    # servers keep a connection's peer identity: no renegotiation may change it
+    assert strict.options & ssl.OP_NO_RENEGOTIATION
+    assert optional.options & ssl.OP_NO_RENEGOTIATION
     assert len(client.get_ca_certs()) == 1
 
 
@@ -251,3 +254,10 @@ def test_thread_polls_files(tmp_path: Path, mesh_ca: MeshCA) -> None:
         while identity.generation < 1 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert identity.generation == 1
+
+
+def test_rotating_server_context_refuses_renegotiation(make_identity: IdentityFactory) -> None:
+    from meshsdk.inbound.servers import rotating_server_context
+    for require in (True, False):
+        ctx = rotating_server_context(make_identity(), require_client_cert=require)
+        assert ctx.options & ssl.OP_NO_RENEGOTIATION
