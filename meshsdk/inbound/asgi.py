@@ -40,31 +40,98 @@ def _latin1(value: bytes) -> str:
     return value.decode("latin-1")
 
 
-def scope_facts(scope: Scope) -> dict[str, Any]:
-    """What the handler needs from an ASGI scope (keyword arguments of ``start``)."""
-    headers = [(k.decode("latin-1").lower(), v.decode("latin-1"))
-               for k, v in scope.get("headers", ())]
-    authority = next((v for k, v in headers if k == "host"), None)
-    server = scope.get("server")
-    scheme = scope.get("scheme") or "http"
+_names: dict[bytes, str] = {}
+"""Raw header name -> its text, lower-case: the same few names arrive on every request."""
+_NAMES_LIMIT = 4096
+_NAME_LENGTH = 64
+
+
+def _learn(raw: bytes) -> str:
+    """The text of a header name missing from ``_names`` (learnt when it is bytes)."""
+    name = raw.decode("latin-1").lower()
+    # a bytearray cannot be a key; a long name is no common one (and would cost memory)
+    if type(raw) is bytes and len(raw) <= _NAME_LENGTH:
+        if len(_names) >= _NAMES_LIMIT:  # clients inventing header names
+            _names.clear()
+        _names[raw] = name
+    return name
+
+
+def _decoded(raw: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """ASGI header pairs as text, names in lower case."""
+    out: list[tuple[str, str]] = []
+    names = _names
+    for k, v in raw:
+        try:
+            name = names[k]
+        except (KeyError, TypeError):
+            name = _learn(k)
+        out.append((name, v.decode("latin-1")))
+    return out
+
+
+def _facts(scope: Scope) -> tuple[str, str, str, str, list[tuple[str, str]], str | None,
+                                  int | None, str | None, int | None, str | None, str | None]:
+    """method, scheme, authority, path, headers, remote IP and port, local IP and port,
+    peer certificate, server name: the arguments of ``InboundHandler._start``."""
+    get = scope.get
+    headers = _decoded(get("headers", ()))
+    authority = None
+    for name, value in headers:
+        if name == "host":
+            authority = value
+            break
+    server = get("server")
+    scheme = get("scheme") or "http"
     if scheme in ("ws", "wss"):
         scheme = "https" if scheme == "wss" else "http"
     if authority is None:
         authority = f"{server[0]}:{server[1]}" if server else "unknown"
-    raw = scope.get("raw_path")
-    path = _latin1(raw) if raw else scope.get("path", "/")
-    query = scope.get("query_string", b"")
+    raw = get("raw_path")
+    path = _latin1(raw) if raw else get("path", "/")
+    query = get("query_string", b"")
     if query:
         path = f"{path}?{_latin1(query)}"
-    tls = (scope.get("extensions") or {}).get("tls") or {}
+    extensions = get("extensions")
+    tls = (extensions.get("tls") or {}) if extensions else {}
     chain: Iterable[str] = tls.get("client_cert_chain") or ()
     leaf = next(iter(chain), None)
+    client = get("client")
+    remote_ip, remote_port = _split(client)
+    local_ip, local_port = _split(server)
+    return (get("method", "GET"), scheme, authority, path, headers, remote_ip, remote_port,
+            local_ip, local_port, leaf, tls.get("server_name"))
+
+
+def _split(address: Iterable[Any] | None) -> tuple[str | None, int | None]:
+    """An ASGI ``client``/``server`` (``[host, port]``, port None for a UNIX socket)."""
+    if not address:
+        return None, None
+    pair = tuple(address)
+    return str(pair[0]), int(pair[1]) if pair[1] is not None else None
+
+
+def scope_facts(scope: Scope) -> dict[str, Any]:
+    """What the handler needs from an ASGI scope (keyword arguments of ``start``)."""
     client = scope.get("client")
-    return {"method": scope.get("method", "GET"), "scheme": scheme, "authority": authority,
+    server = scope.get("server")
+    (method, scheme, authority, path, headers, _, _, _, _, leaf,
+     server_name) = _facts(scope)
+    return {"method": method, "scheme": scheme, "authority": authority,
             "path": path, "headers": headers,
             "client": tuple(client) if client else None,
             "server": tuple(server) if server else None,
-            "peer_certificate": leaf, "server_name": tls.get("server_name")}
+            "peer_certificate": leaf, "server_name": server_name}
+
+
+async def start_request(handler: InboundHandler, scope: Scope) -> InboundRequest:
+    """``await handler.start_async(**scope_facts(scope))``, without the keyword round
+    trip (for this module's middleware and the framework plugins)."""
+    (method, scheme, authority, path, headers, remote_ip, remote_port, local_ip, local_port,
+     leaf, server_name) = _facts(scope)
+    return await handler._start_async(method, scheme, authority, path, headers, remote_ip,
+                                      remote_port, local_ip, local_port, leaf, None,
+                                      server_name, None)
 
 
 def _app_scope(scope: Scope, request: InboundRequest) -> Scope:
@@ -112,7 +179,7 @@ class MeshASGIMiddleware:
             await self.app(scope, receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = await self.handler.start_async(**scope_facts(scope))
+        request = await start_request(self.handler, scope)
         if not request.allowed:
             assert request.status is not None
             await send({"type": "http.response.start", "status": request.status,
@@ -142,11 +209,11 @@ class MeshASGIMiddleware:
             kind = message.get("type")
             if kind == "http.response.start":
                 status = int(message["status"])
-                raw = list(message.get("headers", ()))
+                raw = message.get("headers", ())
                 if extra:
-                    message = {**message, "headers": [*raw, *extra]}
                     raw = [*raw, *extra]
-                head = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+                    message = {**message, "headers": raw}
+                head = _decoded(raw)
                 route = app_scope.get(ROUTE_KEY)
                 if route and not request.route:
                     request.route = str(route)
@@ -154,7 +221,7 @@ class MeshASGIMiddleware:
                 sent += len(message.get("body", b""))
             await send(message)
             if kind == "http.response.body" and not message.get("more_body", False):
-                request.finish(status, head, sent, bytes_received=received)
+                request._finish(status, head, sent, received, "-", "HTTP/1.1")
 
         try:
             with request:
@@ -162,15 +229,14 @@ class MeshASGIMiddleware:
         except BaseException:
             # the server answers 500 when nothing was sent yet; a started response
             # is cut short (the client sees a reset)
-            request.finish(500 if status == 0 else status, head, sent,
-                           bytes_received=received, flags="-" if status == 0 else "DC")
+            request._finish(500 if status == 0 else status, head, sent, received,
+                            "-" if status == 0 else "DC", "HTTP/1.1")
             raise
         if not request.finished:  # the app returned without finishing its response
-            request.finish(status, head, sent, bytes_received=received,
-                           flags="-" if status else "DC")
+            request._finish(status, head, sent, received, "-" if status else "DC", "HTTP/1.1")
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = await self.handler.start_async(**scope_facts(scope))
+        request = await start_request(self.handler, scope)
         if not request.allowed:
             message = await receive()  # websocket.connect
             if message.get("type") == "websocket.connect":
@@ -186,4 +252,4 @@ class MeshASGIMiddleware:
             request.finish(101)
 
 
-__all__ = ["REQUEST_KEY", "ROUTE_KEY", "MeshASGIMiddleware", "scope_facts"]
+__all__ = ["REQUEST_KEY", "ROUTE_KEY", "MeshASGIMiddleware", "scope_facts", "start_request"]

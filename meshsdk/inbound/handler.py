@@ -150,20 +150,31 @@ def _join_address(ip: str | None, port: int | None) -> str | None:
     return f"{host}:{port}" if port is not None else ip
 
 
+_TRUSTED_CACHE_LIMIT = 1024
+
+
 class _Trusted:
     """Sidecar addresses (IPs or CIDRs) whose XFCC header is believed."""
 
     def __init__(self, entries: Iterable[str]) -> None:
         self.networks = tuple(ipaddress.ip_network(e, strict=False) for e in entries)
+        self._known: dict[str, bool] = {}  # IP -> trusted: few callers, many requests
 
     def __contains__(self, ip: str | None) -> bool:
         if ip is None or not self.networks:
             return False
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(addr in net for net in self.networks)
+        known = self._known.get(ip)
+        if known is None:
+            try:
+                addr = ipaddress.ip_address(ip)
+            except ValueError:
+                known = False
+            else:
+                known = any(addr in net for net in self.networks)
+            if len(self._known) >= _TRUSTED_CACHE_LIMIT:
+                self._known.clear()
+            self._known[ip] = known
+        return known
 
 
 @dataclass(slots=True)
@@ -243,16 +254,11 @@ class InboundHandler:
         verified (None over plaintext); ``peer`` a SPIFFE ID already extracted
         (wins over the certificate). ``route`` names the server span.
         """
-        pending = self._begin(method, scheme, authority, path, headers, client, server,
-                              peer_certificate, peer, server_name, route)
-        if pending.refused:
-            return self._complete(pending, None)
-        try:
-            decision = self._check(pending)
-        except BaseException:
-            pending.abort()
-            raise
-        return self._complete(pending, decision)
+        remote_ip, remote_port = _split_address(client)
+        local_ip, local_port = _split_address(server)
+        return self._start(method, scheme, authority, path, list(headers), remote_ip,
+                           remote_port, local_ip, local_port, peer_certificate, peer,
+                           server_name, route)
 
     async def start_async(self, method: str, scheme: str, authority: str, path: str,
                           headers: Sequence[tuple[str, str]], *,
@@ -263,8 +269,42 @@ class InboundHandler:
                           route: str | None = None) -> InboundRequest:
         """:meth:`start` for event loops: the security check runs in a worker thread
         when the policies can do I/O (JWKS download, CUSTOM authorizer)."""
-        pending = self._begin(method, scheme, authority, path, headers, client, server,
-                              peer_certificate, peer, server_name, route)
+        remote_ip, remote_port = _split_address(client)
+        local_ip, local_port = _split_address(server)
+        return await self._start_async(method, scheme, authority, path, list(headers),
+                                       remote_ip, remote_port, local_ip, local_port,
+                                       peer_certificate, peer, server_name, route)
+
+    # The drivers of this package call these two directly: positional arguments, the
+    # addresses already split, and ``headers`` a list of the caller's that the handler
+    # may extend (what start() would copy).
+
+    def _start(self, method: str, scheme: str, authority: str, path: str,
+               headers: list[tuple[str, str]], remote_ip: str | None,
+               remote_port: int | None, local_ip: str | None, local_port: int | None,
+               cert: PeerCertificate | None, peer: str | None, server_name: str | None,
+               route: str | None) -> InboundRequest:
+        pending = self._begin(method, scheme, authority, path, headers, remote_ip,
+                              remote_port, local_ip, local_port, cert, peer, server_name,
+                              route)
+        if pending.refused:
+            return self._complete(pending, None)
+        try:
+            decision = self._check(pending)
+        except BaseException:
+            pending.abort()
+            raise
+        return self._complete(pending, decision)
+
+    async def _start_async(self, method: str, scheme: str, authority: str, path: str,
+                           headers: list[tuple[str, str]], remote_ip: str | None,
+                           remote_port: int | None, local_ip: str | None,
+                           local_port: int | None, cert: PeerCertificate | None,
+                           peer: str | None, server_name: str | None,
+                           route: str | None) -> InboundRequest:
+        pending = self._begin(method, scheme, authority, path, headers, remote_ip,
+                              remote_port, local_ip, local_port, cert, peer, server_name,
+                              route)
         if pending.refused:
             return self._complete(pending, None)
         try:
@@ -278,14 +318,10 @@ class InboundHandler:
         return self._complete(pending, decision)
 
     def _begin(self, method: str, scheme: str, authority: str, path: str,
-               headers: Sequence[tuple[str, str]],
-               client: tuple[str, int] | str | None, server: tuple[str, int] | str | None,
-               cert: PeerCertificate | None, peer: str | None, server_name: str | None,
-               route: str | None) -> _Pending:
+               items: list[tuple[str, str]], remote_ip: str | None, remote_port: int | None,
+               local_ip: str | None, local_port: int | None, cert: PeerCertificate | None,
+               peer: str | None, server_name: str | None, route: str | None) -> _Pending:
         compiled = self._security()
-        remote_ip, remote_port = _split_address(client)
-        local_ip, local_port = _split_address(server)
-        items = list(headers)
         removed: list[str] = []
         if peer is None and cert is not None:
             peer = peer_from_certificate(cert)
@@ -509,6 +545,14 @@ class InboundRequest:
         no response was sent (the client went away)."""
         if self.finished:
             return
+        self._finish(status, [(k.lower(), v) for k, v in response_headers], bytes_sent,
+                     bytes_received, flags, protocol)
+
+    def _finish(self, status: int, response_headers: list[tuple[str, str]], bytes_sent: int,
+                bytes_received: int | None, flags: str | None, protocol: str) -> None:
+        """:meth:`finish` with the response header names already in lower case."""
+        if self.finished:
+            return
         self.finished = True
         call = self.call
         if call is None:
@@ -523,8 +567,7 @@ class InboundRequest:
             span.update_name(self.route)
             span.set_attribute("http.route", self.route)
         call.finish(status, bytes_sent=bytes_sent, bytes_received=bytes_received,
-                    response_headers=[(k.lower(), v) for k, v in response_headers],
-                    flags=flags, protocol=protocol)
+                    response_headers=response_headers, flags=flags, protocol=protocol)
 
 
 __all__ = ["RESET_BODY", "InboundHandler", "InboundRequest", "PeerCertificate",

@@ -17,8 +17,10 @@ with :func:`~meshsdk.inbound.handler.set_route` or ``environ["meshsdk.route"]``.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import sys
+import weakref
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from http import HTTPStatus
 from types import TracebackType
@@ -62,79 +64,147 @@ def peer_certificate(environ: Environ) -> PeerCertificate | None:
         return given  # type: ignore[no-any-return]
     sock = environ.get("gunicorn.socket")
     if isinstance(sock, ssl.SSLSocket):
-        der = sock.getpeercert(True)
+        der = _peer_ders.get(sock)
+        if der is None:
+            der = sock.getpeercert(True)
+            if der:
+                _peer_ders[sock] = der
         return der or None
     return None
 
 
-_header_names: dict[str, tuple[str, bool]] = {}
-"""Environ key -> (header name or "" when the key is no header, whether the header
-counts when empty): a server uses the same few keys for every request."""
+_peer_ders: weakref.WeakKeyDictionary[ssl.SSLSocket, bytes] = weakref.WeakKeyDictionary()
+"""gunicorn's TLS connection socket -> the client certificate its handshake verified:
+fixed for the connection (no post-handshake authentication), and copied out of OpenSSL
+on each ask, so asked once per connection."""
+
+
+_header_names: dict[str, str] = {}
+"""Environ key -> header name, "" for a key that is no header: a server uses the same
+few keys for every request."""
 _HEADER_NAMES_LIMIT = 4096
+_HEADER_KEY_LENGTH = 72
 
 
-def _header_name(key: str) -> tuple[str, bool]:
+def _header_name(key: str) -> str:
+    """The header name of an environ key, learnt into ``_header_names``."""
     if key.startswith("HTTP_"):
-        return key[5:].replace("_", "-").lower(), True
-    if key == "CONTENT_TYPE":
-        return "content-type", False  # CGI's variables are set empty when absent
-    if key == "CONTENT_LENGTH":
-        return "content-length", False
-    return "", False
+        name = key[5:].replace("_", "-").lower()
+    elif key == "CONTENT_TYPE":
+        name = "content-type"
+    elif key == "CONTENT_LENGTH":
+        name = "content-length"
+    else:
+        name = ""
+    if len(key) <= _HEADER_KEY_LENGTH:  # a long name is no common one (and costs memory)
+        if len(_header_names) >= _HEADER_NAMES_LIMIT:  # clients inventing header names
+            _header_names.clear()
+        _header_names[key] = name
+    return name
 
 
 def _headers(environ: Environ) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     names = _header_names
     for key, value in environ.items():
-        entry = names.get(key)
-        if entry is None:
-            if len(names) >= _HEADER_NAMES_LIMIT:  # clients inventing header names
-                names.clear()
-            entry = names[key] = _header_name(key)
-        name, always = entry
-        if name and (always or value):
+        try:
+            name = names[key]
+        except KeyError:
+            name = _header_name(key)
+        # CGI's CONTENT_TYPE and CONTENT_LENGTH are set empty when the request has no
+        # such header: they count only when not empty (HTTP_* keys always do)
+        if name and (value or key[0] == "H"):
             out.append((name, value))
     return out
 
 
+_environ_keys: dict[str, str] = {}
+"""Header name -> its environ key (names the policies set: JWT outputs, x-request-id)."""
+
+
 def _environ_key(name: str) -> str:
-    upper = name.upper().replace("-", "_")
-    return upper if upper in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{upper}"
+    key = _environ_keys.get(name)
+    if key is None:
+        upper = name.upper().replace("-", "_")
+        key = upper if upper in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{upper}"
+        if len(_environ_keys) < _HEADER_NAMES_LIMIT:
+            _environ_keys[name] = key
+    return key
+
+
+_local_ips: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+"""gunicorn's connection socket -> its local IP: fixed for the connection, and a system
+call to ask, so asked once per connection rather than once per request."""
+
+
+def _local_ip(sock: Any) -> str | None:
+    try:
+        return _local_ips[sock]
+    except (KeyError, TypeError):  # TypeError: an object that cannot be weakly keyed
+        pass
+    try:
+        ip: str = sock.getsockname()[0]
+    except (OSError, IndexError):
+        return None
+    with contextlib.suppress(TypeError):
+        _local_ips[sock] = ip
+    return ip
+
+
+Facts = tuple[str, str, str, str, list[tuple[str, str]], str | None, int | None, str | None,
+              int | None, PeerCertificate | None]
+"""method, scheme, authority, path, headers, remote IP and port, local IP and port, peer
+certificate: the first arguments of ``InboundHandler._start``."""
+
+
+def _facts(environ: Environ) -> Facts:
+    get = environ.get
+    headers = _headers(environ)
+    raw = get("RAW_URI") or get("REQUEST_URI")
+    if raw:
+        path = str(raw)
+    else:
+        path = quote(get("SCRIPT_NAME", "") + get("PATH_INFO", "/"), safe="/;=,@:!$&'()*+~")
+        query = get("QUERY_STRING")
+        if query:
+            path = f"{path}?{query}"
+    authority = get("HTTP_HOST") or f"{get('SERVER_NAME', 'unknown')}:{get('SERVER_PORT', '80')}"
+    remote = get("REMOTE_ADDR")
+    remote_port = get("REMOTE_PORT")
+    # PEP 3333 does not define REMOTE_PORT; servers set it as text or (werkzeug) an int
+    port_text = str(remote_port) if remote_port is not None else ""
+    remote_ip: str | None = remote
+    client_port = None
+    if remote and port_text.isdigit():
+        remote_ip, client_port = str(remote), int(port_text)
+    local_ip: str | None = None
+    local_port = None
+    server_port = get("SERVER_PORT")
+    if server_port and str(server_port).isdigit():
+        local_ip = get("meshsdk.local_address")
+        sock = get("gunicorn.socket")
+        if local_ip is None and sock is not None:
+            local_ip = _local_ip(sock)
+        local_ip, local_port = str(local_ip or get("SERVER_NAME", "")), int(server_port)
+    return (get("REQUEST_METHOD", "GET"), get("wsgi.url_scheme", "http"), authority, path,
+            headers, remote_ip, client_port, local_ip, local_port, peer_certificate(environ))
 
 
 def environ_facts(environ: Environ) -> dict[str, Any]:
     """What the handler needs from a WSGI environ (keyword arguments of ``start``)."""
-    headers = _headers(environ)
-    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
-    if raw:
-        path = str(raw)
-    else:
-        path = quote(environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "/"),
-                     safe="/;=,@:!$&'()*+~")
-        if environ.get("QUERY_STRING"):
-            path = f"{path}?{environ['QUERY_STRING']}"
-    authority = environ.get("HTTP_HOST") or (
-        f"{environ.get('SERVER_NAME', 'unknown')}:{environ.get('SERVER_PORT', '80')}")
-    remote = environ.get("REMOTE_ADDR")
-    remote_port = environ.get("REMOTE_PORT")
-    local_port = environ.get("SERVER_PORT")
-    # PEP 3333 does not define REMOTE_PORT; servers set it as text or (werkzeug) an int
-    port_text = str(remote_port) if remote_port is not None else ""
-    client = (remote, int(port_text)) if remote and port_text.isdigit() else remote
-    local_ip = environ.get("meshsdk.local_address")
-    sock = environ.get("gunicorn.socket")
-    if local_ip is None and sock is not None:
-        try:
-            local_ip = sock.getsockname()[0]
-        except (OSError, IndexError):
-            local_ip = None
-    server = ((local_ip or environ.get("SERVER_NAME", ""), int(local_port))
-              if local_port and str(local_port).isdigit() else None)
-    return {"method": environ.get("REQUEST_METHOD", "GET"),
-            "scheme": environ.get("wsgi.url_scheme", "http"), "authority": authority,
-            "path": path, "headers": headers, "client": client, "server": server,
-            "peer_certificate": peer_certificate(environ)}
+    (method, scheme, authority, path, headers, remote_ip, remote_port, local_ip, local_port,
+     cert) = _facts(environ)
+    return {"method": method, "scheme": scheme, "authority": authority, "path": path,
+            "headers": headers,
+            "client": (remote_ip, remote_port) if remote_port is not None else remote_ip,
+            "server": (local_ip, local_port) if local_port is not None else None,
+            "peer_certificate": cert}
+
+
+def start_request(handler: InboundHandler, environ: Environ) -> InboundRequest:
+    """``handler.start(**environ_facts(environ))``, without the keyword round trip (for
+    this module's middleware and the framework plugins)."""
+    return handler._start(*_facts(environ), None, None, None)
 
 
 def _apply(environ: Environ, request: InboundRequest) -> None:
@@ -168,7 +238,7 @@ class MeshWSGIMiddleware:
         self.handler = handler
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        request = self.handler.start(**environ_facts(environ))
+        request = start_request(self.handler, environ)
         if not request.allowed:
             assert request.status is not None
             reason = _reason(request.status)
@@ -180,6 +250,9 @@ class MeshWSGIMiddleware:
             _apply(environ, request)
         environ[REQUEST_KEY] = request
         return _Response(self.app, environ, start_response, request)
+
+
+_PLAIN_ITERATORS: tuple[type, ...] = (type(iter([])), type(iter(())))
 
 
 class _Response:
@@ -202,6 +275,8 @@ class _Response:
         except BaseException:
             self._fail()
             raise
+        # A list or tuple body yields without running app code: no context to enter
+        self._plain = type(self._iter) in _PLAIN_ITERATORS
 
     def _start(self, status: str, headers: list[tuple[str, str]],
                exc_info: ExcInfo | None = None) -> Callable[[bytes], object]:
@@ -227,8 +302,11 @@ class _Response:
     def __next__(self) -> bytes:
         assert self._iter is not None
         try:
-            with self.request:
+            if self._plain:
                 chunk = next(self._iter)
+            else:
+                with self.request:
+                    chunk = next(self._iter)
         except StopIteration:
             raise
         except BaseException:
@@ -262,4 +340,4 @@ class _Response:
 
 
 __all__ = ["PEER_CERT_KEY", "REQUEST_KEY", "ROUTE_KEY", "MeshWSGIMiddleware",
-           "environ_facts", "peer_certificate"]
+           "environ_facts", "peer_certificate", "start_request"]

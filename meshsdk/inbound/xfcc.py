@@ -18,6 +18,7 @@ from every other request before the app sees it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from meshsdk.security.errors import SecurityError
 from meshsdk.security.spiffe import SCHEME, parse_spiffe_id
@@ -143,7 +144,25 @@ def xfcc_peer(values: list[str]) -> str | None:
     """
     if not values:
         return None
-    elements = parse_xfcc(",".join(values))
+    value = ",".join(values)
+    return _cached_peer(value) if len(value) <= _CACHED_LENGTH else _peer_of(value)
+
+
+_CACHED_LENGTH = 8192
+"""Values up to this length are cached (at most 256 of them: about 2 MB at worst)."""
+
+
+@lru_cache(maxsize=256)
+def _cached_peer(value: str) -> str:
+    """:func:`_peer_of`, cached: a sidecar sends the same few values (one per calling
+    workload) again and again, and parsing one costs tens of microseconds. An unusable
+    value raises, which is not cached."""
+    return _peer_of(value)
+
+
+def _peer_of(value: str) -> str:
+    """The SPIFFE ID of the nearest element of one joined XFCC value."""
+    elements = parse_xfcc(value)
     ids = elements[-1].spiffe_ids
     if len(ids) != 1:
         raise XfccError(f"the nearest element names {len(ids)} SPIFFE IDs; expected one")
