@@ -4,6 +4,8 @@
     python bench/inbound_micro.py --telemetry off
     python bench/inbound_micro.py --profile wsgi  # cProfile of the WSGI loop
     python bench/inbound_micro.py --metrics otel-sdk --traces api   # other telemetry setups
+    python bench/inbound_micro.py --framework flask   # the real framework stacks (also
+                                                      # fastapi, django), plugin included
 
 Calls :class:`~meshsdk.inbound.wsgi.MeshWSGIMiddleware` and
 :class:`~meshsdk.inbound.asgi.MeshASGIMiddleware` around a trivial app with a fake
@@ -11,6 +13,11 @@ environ/scope (as gunicorn and uvicorn build them), with the same mesh as
 ``bench/middleware_overhead.py`` (ALLOW policy, 1% traces through the OTel SDK,
 Prometheus sink), and prints microseconds per request with and without the mesh.
 No server, no sockets: what remains is the mesh's own per-request work. Not a test.
+
+``--framework`` runs the same in-process loop through the apps of
+``bench/middleware_overhead.py`` instead (Flask with ``MeshFlask``, FastAPI with
+``meshsdk_fastapi.MeshMiddleware``, Django with its middleware), ``/bare/hello`` against
+``/mesh/hello``: the core plus what each plugin and framework adds around it.
 
 ``--metrics`` picks where Istio's metrics go: ``prometheus`` (meshsdk's own sink, the
 bench's choice), ``otel-api`` (the OpenTelemetry API with no SDK installed: no-op
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import io
 import os
 import pstats
 import sys
@@ -78,23 +86,23 @@ def make_mesh(config_dir: str, metrics: str, traces: str) -> Any:
     return Mesh.from_config(config_dir, workload, telemetry=telemetry)
 
 
-def environ() -> dict[str, Any]:
-    """A gunicorn-like environ for ``GET /mesh/hello`` from an httpx client."""
-    return {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": "/mesh/hello",
-            "QUERY_STRING": "", "RAW_URI": "/mesh/hello", "SERVER_PROTOCOL": "HTTP/1.1",
+def environ(path: str = "/mesh/hello") -> dict[str, Any]:
+    """A gunicorn-like environ for ``GET path`` from an httpx client."""
+    return {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": path,
+            "QUERY_STRING": "", "RAW_URI": path, "SERVER_PROTOCOL": "HTTP/1.1",
             "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000", "REMOTE_ADDR": "127.0.0.1",
             "REMOTE_PORT": "50000", "wsgi.url_scheme": "http",
             "HTTP_HOST": "127.0.0.1:8000", "HTTP_ACCEPT": "*/*",
             "HTTP_ACCEPT_ENCODING": "gzip, deflate", "HTTP_CONNECTION": "keep-alive",
-            "HTTP_USER_AGENT": "python-httpx/0.28.1"}
+            "HTTP_USER_AGENT": "python-httpx/0.28.1", "wsgi.input": io.BytesIO()}
 
 
-def scope() -> dict[str, Any]:
+def scope(path: str = "/mesh/hello") -> dict[str, Any]:
     """A uvicorn-like scope for the same request."""
     return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
             "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 50000),
-            "scheme": "http", "method": "GET", "root_path": "", "path": "/mesh/hello",
-            "raw_path": b"/mesh/hello", "query_string": b"",
+            "scheme": "http", "method": "GET", "root_path": "", "path": path,
+            "raw_path": path.encode("ascii"), "query_string": b"",
             "headers": [(b"host", b"127.0.0.1:8000"), (b"accept", b"*/*"),
                         (b"accept-encoding", b"gzip, deflate"),
                         (b"connection", b"keep-alive"),
@@ -112,12 +120,12 @@ async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"hello"})
 
 
-def wsgi_loop(app: Any, n: int) -> None:
+def wsgi_loop(app: Any, n: int, path: str = "/mesh/hello") -> None:
     """``n`` requests the way a WSGI server drives an app (iterate, then close)."""
     def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
         return None
     for _ in range(n):
-        body = app(environ(), start_response)
+        body = app(environ(path), start_response)
         for _chunk in body:
             pass
         close = getattr(body, "close", None)
@@ -125,7 +133,7 @@ def wsgi_loop(app: Any, n: int) -> None:
             close()
 
 
-def asgi_loop(app: Any, n: int) -> None:
+def asgi_loop(app: Any, n: int, path: str = "/mesh/hello") -> None:
     """``n`` requests on one event loop, as an ASGI server calls the app."""
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
@@ -135,7 +143,7 @@ def asgi_loop(app: Any, n: int) -> None:
 
     async def run() -> None:
         for _ in range(n):
-            await app(scope(), receive, send)
+            await app(scope(path), receive, send)
     asyncio.run(run())
 
 
@@ -150,16 +158,52 @@ def per_call(loop: Callable[[Any, int], None], app: Any, n: int, rounds: int = 5
     return best
 
 
+def frameworks(name: str, calls: int, profile: bool) -> int:
+    """The ``--framework`` run: middleware_overhead's app in process, bare vs mesh."""
+    with tempfile.TemporaryDirectory(prefix="mesh-micro-") as tmp:
+        (Path(tmp) / "policy.yaml").write_text(overhead.MESH_YAML, encoding="utf-8")
+        build = {"flask": overhead.flask_app, "fastapi": overhead.fastapi_app,
+                 "django": overhead.django_app}[name]
+        app = build(tmp)
+        loop = asgi_loop if name == "fastapi" else wsgi_loop
+
+        def bare(app: Any, n: int) -> None:
+            loop(app, n, "/bare/hello")
+
+        def meshed(app: Any, n: int) -> None:
+            loop(app, n, "/mesh/hello")
+
+        bare(app, 500)
+        meshed(app, 500)
+        if profile:
+            profiler = cProfile.Profile()
+            profiler.runcall(meshed, app, calls)
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(60)
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+            return 0
+        bare_us, mesh_us = per_call(bare, app, calls), per_call(meshed, app, calls)
+    print(f"in-process {name} hello world, bench/middleware_overhead.py's mesh, "
+          f"CPU per request, best of 5 x {calls}")
+    print(f"{'path':<8} {'bare us':>8} {'mesh us':>8} {'added us':>9}")
+    print(f"{name:<8} {bare_us:>8.1f} {mesh_us:>8.1f} {mesh_us - bare_us:>9.1f}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--telemetry", choices=("istio", "off"), default="istio")
-    parser.add_argument("--profile", choices=("wsgi", "asgi"))
+    parser.add_argument("--profile", choices=("wsgi", "asgi", "framework"),
+                        help="cProfile the WSGI or ASGI loop, or the --framework app")
     parser.add_argument("--metrics", choices=("prometheus", "otel-api", "otel-sdk"),
                         default="prometheus")
     parser.add_argument("--traces", choices=("sdk", "api"), default="sdk")
+    parser.add_argument("--framework", choices=("core", "flask", "fastapi", "django"),
+                        default="core")
     args = parser.parse_args()
     os.environ["MESH_BENCH_TELEMETRY"] = args.telemetry
+    if args.framework != "core":
+        return frameworks(args.framework, args.calls, args.profile is not None)
     from meshsdk.inbound.asgi import MeshASGIMiddleware
     from meshsdk.inbound.wsgi import MeshWSGIMiddleware
 

@@ -12,6 +12,7 @@ recorded when the server closes the response, so streamed bodies are counted who
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from functools import lru_cache
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
@@ -22,6 +23,7 @@ from django.http import (  # type: ignore[import-untyped]  # Django ships no typ
     QueryDict,
 )
 
+from meshsdk.inbound import asgi, wsgi
 from meshsdk.inbound.asgi import scope_facts
 from meshsdk.inbound.handler import InboundHandler, InboundRequest
 from meshsdk.inbound.wsgi import environ_facts
@@ -38,6 +40,23 @@ def request_facts(request: HttpRequest) -> dict[str, Any]:
     return environ_facts(request.META)
 
 
+def _start(handler: InboundHandler, request: HttpRequest) -> InboundRequest:
+    """``handler.start(**request_facts(request))``, by the core's shortest way."""
+    scope = getattr(request, "scope", None)
+    if scope is not None:  # sync middleware under an ASGI server
+        return handler.start(**scope_facts(scope))
+    return wsgi.start_request(handler, request.META)
+
+
+async def _start_async(handler: InboundHandler, request: HttpRequest) -> InboundRequest:
+    """``await handler.start_async(**request_facts(request))``, by the shortest way."""
+    scope = getattr(request, "scope", None)
+    if scope is not None:
+        return await asgi.start_request(handler, scope)
+    return await handler.start_async(**environ_facts(request.META))
+
+
+@lru_cache(maxsize=256)  # the few names a policy sets (x-request-id, JWT outputs)
 def _meta_key(name: str) -> str:
     upper = name.upper().replace("-", "_")
     return upper if upper in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{upper}"
@@ -146,7 +165,7 @@ class MeshMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self._async:
             return self._acall(request)
-        inbound = self.handler.start(**request_facts(request))
+        inbound = _start(self.handler, request)
         if not inbound.allowed:
             return denial(inbound)
         apply_changes(request, inbound)
@@ -161,7 +180,7 @@ class MeshMiddleware:
         return _Recorder(inbound, response).install()
 
     async def _acall(self, request: HttpRequest) -> HttpResponseBase:
-        inbound = await self.handler.start_async(**request_facts(request))
+        inbound = await _start_async(self.handler, request)
         if not inbound.allowed:
             return denial(inbound)
         apply_changes(request, inbound)
