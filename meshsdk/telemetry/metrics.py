@@ -395,7 +395,7 @@ class OtelMetrics:
     instrument by default) besides this sink's :class:`LabelGuard`.
 
     Recording is deferred (:mod:`meshsdk.telemetry.deferred`): :meth:`record` queues
-    one tuple per measurement and returns; the SDK's per-measurement work (cleaning and hashing 25
+    one tuple per call and returns; the SDK's per-measurement work (cleaning and hashing 25
     attributes, three histograms) happens in a drainer thread, or in the reader at
     collection time: ``istio_requests_total`` is an observable counter whose callback
     first drains the queue, so every collection sees every call finished before it.
@@ -453,26 +453,14 @@ class OtelMetrics:
             admitted = self._attributes.get((layout, values))
             if admitted is None:
                 admitted = self._admit(layout, values)
-            # one item per measurement: the drainer gives the interpreter lock back
-            # between items, so a request thread never waits for more than one
-            items: list[_Measured] = []
-            for metric in layout.metrics:
-                if metric == REQUEST_COUNT:
-                    items.append((None, 1, admitted, context))
-                elif metric == REQUEST_DURATION:
-                    items.append((self._duration, duration_ms, admitted, context))
-                elif metric == REQUEST_SIZE:
-                    items.append((self._request_bytes, request_size(record), admitted, context))
-                else:
-                    items.append((self._response_bytes, response_size(record), admitted,
-                                  context))
+            item = (admitted, layout, duration_ms,
+                    request_size(record) if layout.request_size else 0,
+                    response_size(record) if layout.response_size else 0, context)
             if queue is not None:
-                for item in items:
-                    queue.put(item)
+                queue.put(item)
             else:
                 with self._lock:
-                    for item in items:
-                        self._apply(item)
+                    self._apply(item)
 
     def flush(self) -> None:
         """Record everything queued now (collection does this by itself)."""
@@ -485,16 +473,22 @@ class OtelMetrics:
             self._queue.close()
 
     def _apply(self, item: _Measured) -> None:
-        """One measurement into its instrument (under the queue's drain lock, or this
-        sink's lock when recording inline); the counter is kept here, cumulative."""
-        histogram, value, (key, attributes), context = item
-        if histogram is not None:
-            histogram.record(value, attributes, context)
-            return
-        cell = self._counts.get(key)
-        if cell is None:
-            cell = self._counts[key] = _Count(attributes)
-        cell.count += 1
+        """One queued call's measurements into the instruments (under the queue's drain
+        lock, or this sink's lock when recording inline); the counter is kept here,
+        cumulative, and reported by :meth:`_observe_requests`."""
+        (key, attributes), layout, duration_ms, request_bytes, response_bytes, context = item
+        for metric in layout.metrics:
+            if metric == REQUEST_COUNT:
+                cell = self._counts.get(key)
+                if cell is None:
+                    cell = self._counts[key] = _Count(attributes)
+                cell.count += 1
+            elif metric == REQUEST_DURATION:
+                self._duration.record(duration_ms, attributes, context)
+            elif metric == REQUEST_SIZE:
+                self._request_bytes.record(request_bytes, attributes, context)
+            else:
+                self._response_bytes.record(response_bytes, attributes, context)
 
     def _observe_requests(self, options: CallbackOptions) -> Iterable[Observation]:
         """The counter's callback: drain first (the histograms land before the reader
@@ -523,9 +517,10 @@ class _Count:
 
 
 _CountKey = tuple[_Layout, _Labels]
-_Measured = tuple[Histogram | None, float, tuple[_CountKey, dict[str, str]], Context]
-"""One queued measurement: the histogram (None: the request counter), the value, the
-series' count key and attributes, the context current at the call (for exemplars)."""
+_Measured = tuple[tuple[_CountKey, dict[str, str]], _Layout, float, int, int, Context]
+"""One queued call of one label layout: the series' count key and attributes, the
+layout, duration in ms, request and response bytes, and the context current at the
+call (for exemplars)."""
 
 
 # --- prometheus_client ------------------------------------------------------------------
