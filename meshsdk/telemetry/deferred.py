@@ -151,9 +151,8 @@ class DeferredQueue(Generic[T]):
 
         The drainer does not give the GIL away between items: the interpreter's own
         switch interval shares it with request threads, and giving it away by hand
-        (``time.sleep(0)`` every 50 us, or after each item) cost more than it saved:
-        measured against nginx, p50 1.43 - 1.55x bare httpx with it, 1.23 - 1.28x
-        without, and a quarter more CPU per call (context switches)."""
+        (``time.sleep(0)`` every 50 us, or after each item) cost more CPU than it saved
+        latency (context switches; docs/performance.md, telemetry runs B - L)."""
         items = self._items
         handle = self._handle
         done = 0
