@@ -50,6 +50,7 @@ bench: dev
 	$(PY) bench/security.py
 	$(PY) bench/middleware_overhead.py
 	$(PY) bench/controlplane_scale.py
+	$(PY) bench/instructions.py
 
 # each framework integration against its oldest and latest supported version
 # (integrations/matrix.toml), in throwaway venvs under .matrix/; `make test` runs the installed

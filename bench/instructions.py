@@ -1,0 +1,149 @@
+"""Benchmark: instructions per outbound call, counted by valgrind (callgrind).
+
+    python bench/instructions.py                    # bare httpx, mesh, mesh + telemetry
+    python bench/instructions.py --calls 400 --variants bare,mesh
+
+Why: the latency benchmarks (``sdk_overhead.py``) cannot resolve a 10% target on a
+shared two-core machine (the same code measured 1.06 - 1.34x in one day). An
+instruction count repeats exactly whatever else the machine does, so it tells whether
+a change made the mesh's own work smaller. It is not latency: no network, no kernel
+time outside this process, no cache misses weighed.
+
+Each variant makes sequential GETs through an httpx client whose connection pool is
+replaced by one that answers ``200 ok`` from memory (so bare httpx and the mesh take
+their real code paths down to httpcore, and no socket is involved); the mesh is
+``sdk_overhead.py``'s (80/20 split, header match, retries, timeout, LEAST_REQUEST,
+outlier detection). Variants:
+
+* ``bare``: ``httpx.Client()``;
+* ``mesh``: ``mesh.client()``, telemetry off;
+* ``mesh+tel``: telemetry on as Istio's defaults (1% of traces, trace context and
+  ``x-request-id`` on every call) with no metrics sink: what telemetry itself costs;
+* ``mesh+prom``: the same plus meshsdk's Prometheus sink.
+
+Per call = (Ir of a run with ``calls + 50`` calls - Ir of a run with 50) / ``calls``,
+after 100 warm-up calls in both, so start-up and imports cancel out. Needs valgrind
+(Debian's ``valgrind``); one and a half to two minutes per variant. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = ("bare", "mesh", "mesh+tel", "mesh+prom")
+BASE_CALLS = 50
+
+
+def client_for(variant: str) -> tuple[Any, str]:
+    """The httpx client of ``variant`` (its pool answering from memory) and its URL."""
+    import httpcore
+    import httpx
+
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from bench import sdk_overhead as sdk
+    from meshsdk.telemetry import PrometheusMetrics, Telemetry
+
+    class MemoryPool:
+        """An httpcore pool that answers every request with nginx's ``200 ok``."""
+
+        def handle_request(self, request: httpcore.Request) -> httpcore.Response:
+            return httpcore.Response(200, headers=[(b"Server", b"nginx"),
+                                                   (b"Content-Type", b"text/plain"),
+                                                   (b"Content-Length", b"3")],
+                                     content=sdk.BODY)
+
+        def close(self) -> None:
+            pass
+
+    if variant == "bare":
+        transport = httpx.HTTPTransport()
+        transport._pool = MemoryPool()  # type: ignore[assignment]
+        return httpx.Client(transport=transport), "http://127.0.0.1:8080/"
+    telemetry: Any = False
+    if variant == "mesh+tel":
+        telemetry = Telemetry(sdk.WORKLOAD, otel_metrics=False)
+    elif variant == "mesh+prom":
+        telemetry = Telemetry(sdk.WORKLOAD, otel_metrics=False, metrics=[PrometheusMetrics()])
+    mesh = sdk.make_mesh(8080, telemetry)
+    client = mesh.client()
+    client._transport._pool = MemoryPool()  # the mesh transport's own direct pool
+    return client, sdk.MESH_URL
+
+
+def run_calls(variant: str, calls: int) -> None:
+    """The measured program: warm up, then ``calls`` GETs, then exit at once."""
+    client, url = client_for(variant)
+    for _ in range(100):
+        client.get(url)
+    for _ in range(calls):
+        response = client.get(url)
+        if response.status_code != 200:
+            raise SystemExit(f"{variant}: answered {response.status_code}")
+    os._exit(0)  # no interpreter teardown in the count
+
+
+def instructions(valgrind: str, variant: str, calls: int, workdir: Path) -> int:
+    out = workdir / f"callgrind.{variant}.{calls}"
+    env = {**os.environ, "PYTHONMALLOC": "malloc"}
+    proc = subprocess.run(
+        [valgrind, "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
+         __file__, "--run", variant, "--calls", str(calls)],
+        capture_output=True, text=True, env=env, timeout=1800, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"{variant}: valgrind run failed:\n{proc.stderr[-2000:]}")
+    match = re.search(r"^(?:summary|totals):\s+(\d+)", out.read_text(), re.MULTILINE)
+    if match is None:
+        raise SystemExit(f"{variant}: no instruction total in {out}")
+    return int(match.group(1))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=200,
+                        help="measured calls per variant (default 200)")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated, from {', '.join(VARIANTS)}")
+    parser.add_argument("--run", choices=VARIANTS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.run:
+        run_calls(args.run, args.calls)
+        return 0
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown or args.calls < 1:
+        parser.error(f"unknown variants {unknown}" if unknown else "need --calls >= 1")
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        print("valgrind is not installed (Debian: apt-get install -y valgrind)",
+              file=sys.stderr)
+        return 2
+    per_call: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="meshsdk-ir-") as tmp:
+        for variant in variants:
+            base = instructions(valgrind, variant, BASE_CALLS, Path(tmp))
+            more = instructions(valgrind, variant, BASE_CALLS + args.calls, Path(tmp))
+            per_call[variant] = (more - base) / args.calls
+    print(f"instructions per outbound call (callgrind; {args.calls} calls, pool answering "
+          f"from memory), Python {sys.version.split()[0]}")
+    bare = per_call.get("bare")
+    print(f"{'variant':<10} {'instructions':>13} {'vs bare':>8} {'added':>10}")
+    for variant, count in per_call.items():
+        ratio = f"{count / bare:.2f}x" if bare else "-"
+        added = f"{count - bare:+,.0f}" if bare else "-"
+        print(f"{variant:<10} {count:>13,.0f} {ratio:>8} {added:>10}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
