@@ -88,20 +88,27 @@ def _b3_decided(carrier: dict[str, list[str]]) -> bool:
 def inject(context: trace.SpanContext, parent_span_id: int | None = None, *,
            w3c: bool = True, b3: bool = True) -> list[tuple[str, str]]:
     """The headers that carry ``context`` to the next hop."""
-    trace_id = f"{context.trace_id:032x}"
-    span_id = f"{context.span_id:016x}"
-    sampled = bool(context.trace_flags & trace.TraceFlags.SAMPLED)
+    return inject_hex(f"{context.trace_id:032x}", f"{context.span_id:016x}",
+                      bool(context.trace_flags & trace.TraceFlags.SAMPLED),
+                      context.trace_state,
+                      f"{parent_span_id:016x}" if parent_span_id else None, w3c=w3c, b3=b3)
+
+
+def inject_hex(trace_id: str, span_id: str, sampled: bool,
+               state: trace.TraceState | None = None, parent_span_id: str | None = None, *,
+               w3c: bool = True, b3: bool = True) -> list[tuple[str, str]]:
+    """:func:`inject` from ids already in hex (32 and 16 digits): the outbound path keeps
+    them for the call record, so they are formatted once per call."""
     out: list[tuple[str, str]] = []
     if w3c:
         out.append((TRACEPARENT, f"00-{trace_id}-{span_id}-{'01' if sampled else '00'}"))
-        state = context.trace_state
         if state:
             out.append((TRACESTATE, state.to_header()))
     if b3:
         out.append((B3_TRACE_ID, trace_id))
         out.append((B3_SPAN_ID, span_id))
         if parent_span_id:
-            out.append((B3_PARENT_SPAN_ID, f"{parent_span_id:016x}"))
+            out.append((B3_PARENT_SPAN_ID, parent_span_id))
         out.append((B3_SAMPLED, "1" if sampled else "0"))
     return out
 
@@ -116,5 +123,5 @@ def new_request_id() -> str:
     return str(uuid.uuid4())
 
 
-__all__ = ["REQUEST_ID", "TRACE_HEADERS", "Parent", "extract", "inject", "new_request_id",
-           "strip"]
+__all__ = ["REQUEST_ID", "TRACE_HEADERS", "Parent", "extract", "inject", "inject_hex",
+           "new_request_id", "strip"]

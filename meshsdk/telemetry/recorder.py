@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol, overload
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TraceState
 
 from meshsdk.config.hosts import kube_service_parts, split_host_port
 from meshsdk.config.mesh import MeshConfig
@@ -68,6 +68,7 @@ from meshsdk.telemetry.propagation import (
     Parent,
     extract,
     inject,
+    inject_hex,
 )
 from meshsdk.telemetry.record import DEFAULT_CLUSTER_ID, UNKNOWN, CallRecord, Peer, Service
 from meshsdk.telemetry.tracing import SpanStarter, decide_sampling
@@ -363,6 +364,7 @@ class Telemetry:
             target = self._targets[(authority, scheme)] = (
                 _span_name(authority, scheme), _with_port(authority, scheme))
         span: Span | None = None
+        ids: tuple[str, str] | None = None
         if side.tracing and (side.propagate or side.report_spans):
             parent: Parent | None = None
             current = trace.get_current_span().get_span_context()
@@ -371,22 +373,30 @@ class Telemetry:
             elif found_trace:
                 parent = extract(headers)  # the app forwarded its inbound headers by hand
             sampled = decide_sampling(parent, side.sampling, self._rng)
-            report = sampled and side.report_spans
-            span = self._spans.start(
-                target[0], SpanKind.CLIENT, parent.context if parent is not None else None,
-                sampled, report,
-                {"http.request.method": method, "url.full": f"{scheme}://{authority}{path}",
-                 "mesh.request_id": request_id} if report else _NO_ATTRIBUTES)
+            above = parent.context if parent is not None else None
+            state: TraceState | None
+            if sampled and side.report_spans:
+                span = self._spans.start(
+                    target[0], SpanKind.CLIENT, above, True, True,
+                    {"http.request.method": method, "url.full": f"{scheme}://{authority}{path}",
+                     "mesh.request_id": request_id})
+                ctx = span.get_span_context()
+                trace_id, span_id, state = ctx.trace_id, ctx.span_id, ctx.trace_state
+            else:  # most calls: nothing to record, so ids only and no span object
+                trace_id, span_id = self._spans.ids(above)
+                state = above.trace_state if above is not None else None
+            ids = (f"{trace_id:032x}", f"{span_id:016x}")  # once: headers and record
             if side.propagate:
                 if found_trace:
                     size -= sum(len(k) + len(v) for k, v in headers if k in TRACE_HEADERS)
                     headers[:] = [(k, v) for k, v in headers if k not in TRACE_HEADERS]
-                added = inject(span.get_span_context(),
-                               parent.context.span_id if parent else None)
+                added = inject_hex(*ids, sampled, state,
+                                   f"{above.span_id:016x}" if above is not None else None)
                 headers.extend(added)
                 size += sum(map(len, chain.from_iterable(added)))
         return OutboundCall(self, side, method, scheme, authority, path, headers, request_id,
-                            span, self._clock(), self._wall(), length, grpc, target[1], size)
+                            span, self._clock(), self._wall(), length, grpc, target[1], size,
+                            ids=ids)
 
     def _new_request_id(self) -> str:
         """A random (version 4) UUID, as Envoy generates for ``x-request-id``; from this
@@ -624,6 +634,7 @@ class OutboundCall:
     response_headers: Sequence[tuple[str, str]] | HeaderSource = ()
     protocol: str = "HTTP/1.1"
     done: bool = field(default=False)
+    ids: tuple[str, str] | None = None  # trace and span id in hex, as propagated
 
     @property
     def recording(self) -> bool:
@@ -695,8 +706,10 @@ class OutboundCall:
             downstream_local_address=self.local_address,
             response_code_details=_details(result), response_header_bytes=header_bytes,
             request_header_bytes=self.header_bytes)
-        if self.span is not None:
-            _close_span(self.span, record, self.side, client=True)
+        if self.ids is not None:
+            record.trace_id, record.span_id = self.ids
+        if self.span is not None and self.span.is_recording():
+            _end_span(self.span, record, self.side, client=True)
         tel._emit(self.side, record)
 
 

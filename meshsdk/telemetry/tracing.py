@@ -65,15 +65,21 @@ class SpanStarter:
             # the API's no-op tracer (no SDK installed): still propagate a context
         return NonRecordingSpan(self._context(parent, sampled))
 
-    def _context(self, parent: SpanContext | None, sampled: bool) -> SpanContext:
+    def ids(self, parent: SpanContext | None) -> tuple[int, int]:
+        """Trace and span id of a new span that records nothing: the parent's trace (or
+        a new one) and a fresh span id, from this object's random source. For callers
+        that only propagate and need no span object (the outbound path)."""
         rng = self._rng
         span_id = rng.getrandbits(64) or 1
         if parent is not None:
-            return SpanContext(parent.trace_id, span_id, is_remote=False,
-                               trace_flags=_SAMPLED if sampled else _NOT_SAMPLED,
-                               trace_state=parent.trace_state)
-        return SpanContext(rng.getrandbits(128) or 1, span_id, is_remote=False,
-                           trace_flags=_SAMPLED if sampled else _NOT_SAMPLED)
+            return parent.trace_id, span_id
+        return rng.getrandbits(128) or 1, span_id
+
+    def _context(self, parent: SpanContext | None, sampled: bool) -> SpanContext:
+        trace_id, span_id = self.ids(parent)
+        return SpanContext(trace_id, span_id, is_remote=False,
+                           trace_flags=_SAMPLED if sampled else _NOT_SAMPLED,
+                           trace_state=parent.trace_state if parent is not None else None)
 
 
 __all__ = ["INSTRUMENTATION", "SpanStarter", "decide_sampling"]
