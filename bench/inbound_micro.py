@@ -52,24 +52,14 @@ def make_mesh(config_dir: str, metrics: str, traces: str) -> Any:
         return overhead.make_mesh(config_dir)
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import (
-        BatchSpanProcessor,
-        SpanExporter,
-        SpanExportResult,
-    )
 
+    from bench.otel_noop import dropping_tracer_provider
     from meshsdk import Mesh, Workload
     from meshsdk.telemetry import PrometheusMetrics, Telemetry
 
-    class NoSpans(SpanExporter):
-        def export(self, spans: Any) -> SpanExportResult:
-            return SpanExportResult.SUCCESS
-
-    tracer_provider = None
+    tracer_provider: Any
     if traces == "sdk":
-        tracer_provider = TracerProvider()
-        tracer_provider.add_span_processor(BatchSpanProcessor(NoSpans()))
+        tracer_provider = dropping_tracer_provider()
     else:  # the API's no-op tracer: a fresh provider object nobody configured
         from opentelemetry.trace import NoOpTracerProvider
         tracer_provider = NoOpTracerProvider()

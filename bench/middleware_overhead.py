@@ -83,26 +83,14 @@ spec:
 def make_mesh(config_dir: str) -> Any:
     """The meshed app's mesh: the policy above, Istio's default telemetry (see docstring;
     none at all when ``MESH_BENCH_TELEMETRY=off``, to see what security alone costs)."""
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import (
-        BatchSpanProcessor,
-        SpanExporter,
-        SpanExportResult,
-    )
-
+    from bench.otel_noop import dropping_tracer_provider
     from meshsdk import Mesh, Workload
     from meshsdk.telemetry import PrometheusMetrics, Telemetry
-
-    class NoSpans(SpanExporter):
-        def export(self, spans: Any) -> SpanExportResult:
-            return SpanExportResult.SUCCESS
 
     workload = Workload("hello-v1", "default", WORKLOAD_LABELS, "hello")
     if os.environ.get("MESH_BENCH_TELEMETRY") == "off":
         return Mesh.from_config(config_dir, workload, telemetry=False)
-    provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(NoSpans()))
-    telemetry = Telemetry(workload, tracer_provider=provider, otel_metrics=False,
+    telemetry = Telemetry(workload, tracer_provider=dropping_tracer_provider(), otel_metrics=False,
                           metrics=[PrometheusMetrics()])
     return Mesh.from_config(config_dir, workload, telemetry=telemetry)
 

@@ -71,6 +71,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO_ROOT))
 
+from bench.otel_noop import dropping_meter_provider, dropping_tracer_provider  # noqa: E402
 from bench.ratios import percentile, ratio_interval  # noqa: E402
 from meshsdk.mesh import Mesh  # noqa: E402
 from meshsdk.security.ca import (  # noqa: E402
@@ -249,38 +250,8 @@ class OtelSdk:
     not of shipping. Shut down at the end (its reader and span processor own threads)."""
 
     def __init__(self) -> None:
-        from opentelemetry.sdk.metrics import MeterProvider
-        from opentelemetry.sdk.metrics.export import (
-            MetricExporter,
-            MetricExportResult,
-            PeriodicExportingMetricReader,
-        )
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import (
-            BatchSpanProcessor,
-            SpanExporter,
-            SpanExportResult,
-        )
-
-        class NoSpans(SpanExporter):
-            def export(self, spans: Any) -> SpanExportResult:
-                return SpanExportResult.SUCCESS
-
-        class NoMetrics(MetricExporter):
-            def export(self, metrics_data: Any, timeout_millis: float = 10_000,
-                       **kwargs: Any) -> MetricExportResult:
-                return MetricExportResult.SUCCESS
-
-            def force_flush(self, timeout_millis: float = 10_000) -> bool:
-                return True
-
-            def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-                pass
-
-        self.tracer_provider = TracerProvider()
-        self.tracer_provider.add_span_processor(BatchSpanProcessor(NoSpans()))
-        self.meter_provider = MeterProvider(
-            metric_readers=[PeriodicExportingMetricReader(NoMetrics())])
+        self.tracer_provider = dropping_tracer_provider()
+        self.meter_provider = dropping_meter_provider()
 
     def shutdown(self) -> None:
         self.tracer_provider.shutdown()
