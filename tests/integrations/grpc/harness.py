@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -30,8 +29,7 @@ from meshsdk_grpc._status import number_of, status_code
 
 from meshsdk.config.resource import Config
 from meshsdk.mesh import Mesh
-from meshsdk.testing.builders import config_from_yaml, service_entry
-from meshsdk.testing.conformance import Call, Scenario, Seen, UpstreamSpec
+from meshsdk.testing.conformance import Call, Scenario, Seen, run
 from meshsdk.testing.upstream import Behaviour, Received, Upstream
 from meshsdk.workload import Workload
 
@@ -229,51 +227,4 @@ def expected_code(status: int, flags: str | None) -> int:
 def run_grpc(scenario: Scenario,
              driver: Callable[[Config, Sequence[Call]], list[Seen]] = grpc_driver) -> None:
     """:func:`meshsdk.testing.conformance.run` with gRPC upstreams and gRPC statuses."""
-    started: dict[str, GrpcUpstream] = {}
-    try:
-        for name, spec in scenario.upstreams.items():
-            started[name] = GrpcUpstream(name, spec.behaviour()).start()
-        docs = list(scenario.rules(started))
-        if not any("kind: ServiceEntry" in d for d in docs):
-            docs = _services(started, scenario.upstreams) + docs
-        seen = driver(config_from_yaml(docs), scenario.calls(started))
-        statuses = [s.status for s in seen]
-        if isinstance(scenario.status, int):
-            want = {expected_code(scenario.status, scenario.flags)}
-            assert set(statuses) == want, f"{scenario.name}: codes {statuses}, want {want}"
-        else:
-            allowed = {expected_code(s, scenario.flags) for s in scenario.status}
-            assert set(statuses) <= allowed, f"{scenario.name}: codes {statuses}"
-        if scenario.hits is not None:
-            got = {name: started[name].hits for name in scenario.hits}
-            assert got == dict(scenario.hits), f"{scenario.name}: hits {got}"
-        if scenario.flags is not None:
-            assert seen[-1].flags == scenario.flags, f"{scenario.name}: flags {seen[-1].flags}"
-        for k, v in scenario.headers.items():
-            assert seen[-1].headers.get(k) == v, f"{scenario.name}: {k}={seen[-1].headers}"
-        if scenario.body_contains is not None:
-            assert scenario.body_contains in seen[-1].body, f"{scenario.name}: {seen[-1]}"
-        if scenario.upstream_saw is not None:
-            saw = [[r.path, r.headers] for u in started.values() for r in u.requests]
-            assert scenario.upstream_saw(started), f"{scenario.name}: upstreams saw {saw}"
-    finally:
-        for up in started.values():
-            up.stop()
-
-
-def _services(ups: Mapping[str, Upstream], specs: Mapping[str, UpstreamSpec]) -> list[str]:
-    by_service: dict[str, list[tuple[Upstream | int, Mapping[str, str]]]] = {}
-    for name, spec in specs.items():
-        by_service.setdefault(spec.service, []).append((ups[name], spec.labels))
-    return [service_entry(svc, eps, port=9080, protocol="GRPC")
-            for svc, eps in by_service.items()]
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``predicate`` until true or ``timeout`` (bounded)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
+    run(scenario, driver, upstream=GrpcUpstream, protocol="GRPC", status_of=expected_code)

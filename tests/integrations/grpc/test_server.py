@@ -42,9 +42,9 @@ from meshsdk.security.identity import WorkloadIdentity
 from meshsdk.telemetry.recorder import Telemetry
 from meshsdk.testing.builders import config_from_yaml, service_entry
 from meshsdk.testing.jwt import TestIssuer
-from meshsdk.testing.upstream import respond
+from meshsdk.testing.upstream import respond, wait_until
 from meshsdk.workload import Workload
-from tests.integrations.grpc.harness import GrpcUpstream, wait_for
+from tests.integrations.grpc.harness import GrpcUpstream
 
 ISSUER = "https://issuer.test"
 JWT = TestIssuer(ISSUER)
@@ -422,7 +422,7 @@ def test_rotation_applies_to_new_connections(ca: MeshCA) -> None:
         server.identity.rotate()
         rotated = server.identity.certificate.serial_number
         assert rotated != first
-        assert wait_for(lambda: _served_serial(server.port, probe) == rotated)
+        assert wait_until(lambda: _served_serial(server.port, probe) == rotated)
     finally:
         probe.close()
         _stop_server(server)
