@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 import httpcore
 import httpx
 
-from meshsdk.dataplane.flow import Attempt, AttemptResult, CallResult, Discard, Mirror, Send, Sleep
+from meshsdk.dataplane.drive import drive_async
+from meshsdk.dataplane.flow import Attempt, AttemptResult, CallResult
 from meshsdk.outcome import Failure, Outcome
 from meshsdk.transport.common import (
     CORE_SEND_ERRORS,
@@ -47,34 +49,15 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         flow, call = self._mesh._flow(request)
-        value: AttemptResult | None = None
-        try:
-            effect = next(flow)
-            while True:
-                if isinstance(effect, Send):
-                    value = await self._send(effect, request)
-                    if call is not None:
-                        call.attempt(effect.attempt, value)
-                else:
-                    value = None
-                    if isinstance(effect, Sleep):
-                        await self._mesh._async_sleep(effect.seconds)
-                    elif isinstance(effect, Discard):
-                        await effect.response.aclose()
-                    elif isinstance(effect, Mirror):
-                        self._mesh._mirrors.submit_async(
-                            self._inner, mirror_request(effect.attempt, request))
-                effect = flow.send(value)
-        except StopIteration as stop:
-            return self._response(stop.value, request, call)
-        except BaseException:
-            flow.close()  # cancelled or failed mid-call: the flow gives back what it holds
-            if call is not None:
-                call.finish(0)  # no response reached the caller: recorded as DC
-            raise
+        mesh = self._mesh
+        result = await drive_async(
+            flow, call, lambda attempt: self._send(attempt, request), mesh._async_sleep,
+            _aclose,
+            lambda attempt: mesh._mirrors.submit_async(
+                self._inner, mirror_request(attempt, request)))
+        return self._response(result, request, call)
 
-    async def _send(self, effect: Send, request: httpx.Request) -> AttemptResult:
-        attempt = effect.attempt
+    async def _send(self, attempt: Attempt, request: httpx.Request) -> AttemptResult:
         try:
             address = await self._mesh._dns.aresolve(attempt.address, attempt.port)
         except OSError:
@@ -119,3 +102,8 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
         if self._tls is not None:
             await self._tls.aclose()
+
+
+def _aclose(response: httpx.Response) -> Awaitable[None]:
+    """A response the flow will not use (a retried attempt's): its connection goes back."""
+    return response.aclose()

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 import httpcore
 import httpx
 
-from meshsdk.dataplane.flow import Attempt, AttemptResult, CallResult, Discard, Mirror, Send, Sleep
+from meshsdk.dataplane.drive import drive
+from meshsdk.dataplane.flow import Attempt, AttemptResult, CallResult
 from meshsdk.outcome import Failure, Outcome
 from meshsdk.transport.common import (
     CORE_SEND_ERRORS,
@@ -50,35 +51,15 @@ class MeshTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         flow, call = self._mesh._flow(request)
-        sleep = self._mesh._sleep
-        value: AttemptResult | None = None
-        try:
-            effect = next(flow)
-            while True:
-                if isinstance(effect, Send):
-                    value = self._send(effect, request)
-                    if call is not None:
-                        call.attempt(effect.attempt, value)
-                else:
-                    value = None
-                    if isinstance(effect, Sleep):
-                        sleep(effect.seconds)
-                    elif isinstance(effect, Discard):
-                        effect.response.close()
-                    elif isinstance(effect, Mirror):
-                        self._mesh._mirrors.submit_sync(
-                            self._inner, mirror_request(effect.attempt, request))
-                effect = flow.send(value)
-        except StopIteration as stop:
-            return self._response(stop.value, request, call)
-        except BaseException:
-            flow.close()  # cancelled or failed mid-call: the flow gives back what it holds
-            if call is not None:
-                call.finish(0)  # no response reached the caller: recorded as DC
-            raise
+        mesh = self._mesh
+        result = drive(
+            flow, call, lambda attempt: self._send(attempt, request), mesh._sleep,
+            _close,
+            lambda attempt: mesh._mirrors.submit_sync(
+                self._inner, mirror_request(attempt, request)))
+        return self._response(result, request, call)
 
-    def _send(self, effect: Send, request: httpx.Request) -> AttemptResult:
-        attempt = effect.attempt
+    def _send(self, attempt: Attempt, request: httpx.Request) -> AttemptResult:
         try:
             address = self._mesh._dns.resolve(attempt.address, attempt.port)
         except OSError:
@@ -120,3 +101,8 @@ class MeshTransport(httpx.BaseTransport):
         self._inner.close()
         if self._tls is not None:
             self._tls.close()
+
+
+def _close(response: httpx.Response) -> None:
+    """A response the flow will not use (a retried attempt's): its connection goes back."""
+    response.close()

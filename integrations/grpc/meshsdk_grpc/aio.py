@@ -18,15 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc  # type: ignore[import-untyped]
 
-from meshsdk.dataplane.flow import (
-    Attempt,
-    AttemptResult,
-    CallResult,
-    Discard,
-    Mirror,
-    Send,
-    Sleep,
-)
+from meshsdk.dataplane.drive import drive_async
+from meshsdk.dataplane.flow import Attempt, AttemptResult, CallResult
 from meshsdk.outcome import Failure, Outcome
 from meshsdk.transport.tls import TlsError
 from meshsdk_grpc._pool import Bridge, ChannelPool, channel_options
@@ -41,6 +34,7 @@ from meshsdk_grpc.channel import (
     Serializer,
     _Answer,
     _counting,
+    _discard,
     _headers,
     _Kind,
     _metadata,
@@ -173,31 +167,12 @@ class AsyncMeshChannel:
                                            _headers(metadata),
                                            replayable=not kind.client_streaming,
                                            timeout=timeout)
-        sleep = self._mesh._async_sleep
-        value: AttemptResult | None = None
-        try:
-            effect = next(flow)
-            while True:
-                if isinstance(effect, Send):
-                    value = await self._send(kind, request, effect.attempt)
-                    if call is not None:
-                        call.attempt(effect.attempt, value)
-                else:
-                    value = None
-                    if isinstance(effect, Sleep):
-                        await sleep(effect.seconds)
-                    elif isinstance(effect, Discard):
-                        effect.response.discard()
-                    elif isinstance(effect, Mirror) and not kind.client_streaming:
-                        self._mirror(kind, request, effect.attempt)
-                effect = flow.send(value)
-        except StopIteration as stop:
-            return stop.value, call
-        except BaseException:
-            flow.close()
-            if call is not None:
-                call.finish(0)
-            raise
+        result = await drive_async(
+            flow, call, lambda attempt: self._send(kind, request, attempt),
+            self._mesh._async_sleep, _discard,
+            None if kind.client_streaming
+            else lambda attempt: self._mirror(kind, request, attempt))
+        return result, call
 
     def _mirror(self, kind: _Kind, request: Any, attempt: Attempt) -> None:
         """Send a copy as a task of the running loop (bounded: dropped when too many are

@@ -30,15 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc  # type: ignore[import-untyped]
 
-from meshsdk.dataplane.flow import (
-    Attempt,
-    AttemptResult,
-    CallResult,
-    Discard,
-    Mirror,
-    Send,
-    Sleep,
-)
+from meshsdk.dataplane.drive import drive
+from meshsdk.dataplane.flow import Attempt, AttemptResult, CallResult
 from meshsdk.outcome import Failure, Outcome
 from meshsdk.transport.common import CallInfo, call_info, shadow_authority
 from meshsdk_grpc._pool import ChannelPool
@@ -199,31 +192,12 @@ class MeshChannel(grpc.Channel):  # type: ignore[misc]
         flow, call = self._mesh.start_call("POST", "http", self._authority, method, headers,
                                            replayable=not kind.client_streaming,
                                            timeout=timeout)
-        sleep = self._mesh._sleep
-        value: AttemptResult | None = None
-        try:
-            effect = next(flow)
-            while True:
-                if isinstance(effect, Send):
-                    value = self._send(kind, request, effect.attempt)
-                    if call is not None:
-                        call.attempt(effect.attempt, value)
-                else:
-                    value = None
-                    if isinstance(effect, Sleep):
-                        sleep(effect.seconds)
-                    elif isinstance(effect, Discard):
-                        effect.response.discard()
-                    elif isinstance(effect, Mirror) and not kind.client_streaming:
-                        self._mirror(kind, request, effect.attempt)
-                effect = flow.send(value)
-        except StopIteration as stop:
-            return stop.value, call
-        except BaseException:
-            flow.close()
-            if call is not None:
-                call.finish(0)
-            raise
+        result = drive(
+            flow, call, lambda attempt: self._send(kind, request, attempt), self._mesh._sleep,
+            _discard,
+            None if kind.client_streaming
+            else lambda attempt: self._mirror(kind, request, attempt))
+        return result, call
 
     def _send(self, kind: _Kind, request: Any, attempt: Attempt
               ) -> AttemptResult:
@@ -566,3 +540,7 @@ def _counting(deserializer: Deserializer, received: list[int]) -> Callable[[byte
 
 __all__ = ["MeshCall", "MeshChannel", "MeshRpcError", "ResponseStream", "channel"]
 
+
+def _discard(answer: Any) -> None:
+    """An answer the flow will not use (a retried attempt's)."""
+    answer.discard()
