@@ -19,7 +19,11 @@ outlier detection). Variants:
 * ``mesh``: ``mesh.client()``, telemetry off;
 * ``mesh+tel``: telemetry on as Istio's defaults (1% of traces, trace context and
   ``x-request-id`` on every call) with no metrics sink: what telemetry itself costs;
-* ``mesh+prom``: the same plus meshsdk's Prometheus sink.
+* ``mesh+prom``: the same plus meshsdk's Prometheus sink;
+* ``mesh+otel``: the same with Istio's metrics recorded through OpenTelemetry's SDK
+  (``sdk_overhead.py``'s dropping meter provider; tracing as ``mesh+tel``). The SDK's
+  work happens in the deferred drainer thread; callgrind counts every thread, and each
+  run ends with ``telemetry.flush()``, so the count carries all of it.
 
 Per call = (Ir of a run with ``calls + 50`` calls - Ir of a run with 50) / ``calls``,
 after 100 warm-up calls in both, so start-up and imports cancel out. Needs valgrind
@@ -40,12 +44,13 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("bare", "mesh", "mesh+tel", "mesh+prom")
+VARIANTS = ("bare", "mesh", "mesh+tel", "mesh+prom", "mesh+otel")
 BASE_CALLS = 50
 
 
 def client_for(variant: str) -> tuple[Any, str]:
-    """The httpx client of ``variant`` (its pool answering from memory) and its URL."""
+    """The httpx client of ``variant`` (its pool answering from memory) and its URL.
+    For the mesh variants, ``client.mesh`` is the mesh (to flush its telemetry)."""
     import httpcore
     import httpx
 
@@ -75,9 +80,13 @@ def client_for(variant: str) -> tuple[Any, str]:
         telemetry = Telemetry(sdk.WORKLOAD, otel_metrics=False)
     elif variant == "mesh+prom":
         telemetry = Telemetry(sdk.WORKLOAD, otel_metrics=False, metrics=[PrometheusMetrics()])
+    elif variant == "mesh+otel":
+        from bench.otel_noop import dropping_meter_provider
+        telemetry = Telemetry(sdk.WORKLOAD, meter_provider=dropping_meter_provider())
     mesh = sdk.make_mesh(8080, telemetry)
     client = mesh.client()
     client._transport._pool = MemoryPool()  # the mesh transport's own direct pool
+    client.mesh = mesh
     return client, sdk.MESH_URL
 
 
@@ -90,6 +99,9 @@ def run_calls(variant: str, calls: int) -> None:
         response = client.get(url)
         if response.status_code != 200:
             raise SystemExit(f"{variant}: answered {response.status_code}")
+    mesh = getattr(client, "mesh", None)
+    if mesh is not None and mesh.telemetry is not None:
+        mesh.telemetry.flush()  # what the drainer has not recorded yet is counted too
     os._exit(0)  # no interpreter teardown in the count
 
 
