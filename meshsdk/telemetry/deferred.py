@@ -18,12 +18,22 @@ queue is drained into the instruments
 
 The CPU cost is the same as recording inline; what changes is who waits for it. The
 ``CPU us/call`` column of ``bench/sdk_overhead.py`` shows that cost unchanged.
+
+The drainer works in short slices (``slice_seconds`` of recording, then a ``pause``):
+all of this is Python holding the interpreter lock, and a request thread whose answer
+has arrived should not wait for a whole backlog. Left to the interpreter, a thread
+that wants the lock waits out the switch interval (5 ms) before the holder is asked
+to let go, and a drainer with hundreds of calls queued gets asked again and again:
+a few calls in every batch took 5 ms longer (the p99 of the OTel column in
+``bench/sdk_overhead.py``). The pause is a real sleep: ``time.sleep(0)`` hands the
+lock to nobody, the sleeper takes it back before a waiter wakes.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -40,14 +50,31 @@ DEFAULT_LIMIT = 65_536
 DEFAULT_INTERVAL = 0.5
 """Seconds between the drainer's rounds when nothing wakes it earlier."""
 
+DEFAULT_SLICE = 0.001
+"""Seconds the drainer records before it pauses (a request thread waits at most
+about this long for the interpreter lock on the drainer's account)."""
+
+DEFAULT_PAUSE = 0.0002
+"""Seconds the drainer sleeps between slices while a backlog remains."""
+
 
 class Drainer:
     """One daemon thread that drains every registered queue: woken by a queue that
     holds a batch, else every ``interval`` seconds. Queues are held weakly, so a
     forgotten queue (a mesh never closed) does not live on through the drainer."""
 
-    def __init__(self, interval: float = DEFAULT_INTERVAL) -> None:
+    def __init__(self, interval: float = DEFAULT_INTERVAL, *,
+                 slice_seconds: float = DEFAULT_SLICE, pause: float = DEFAULT_PAUSE,
+                 clock: Callable[[], float] = time.perf_counter,
+                 sleep: Callable[[float], object] = time.sleep) -> None:
+        if slice_seconds <= 0 or pause < 0:
+            raise ValueError(f"need slice_seconds > 0 and pause >= 0, got "
+                             f"slice_seconds={slice_seconds} pause={pause}")
         self.interval = interval
+        self.slice_seconds = slice_seconds
+        self.pause = pause
+        self._clock = clock
+        self._sleep = sleep
         self._queues: weakref.WeakSet[DeferredQueue[object]] = weakref.WeakSet()
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -74,10 +101,24 @@ class Drainer:
         while True:
             self._wake.wait(self.interval)
             self._wake.clear()
+            self.run_once()
+
+    def run_once(self) -> int:
+        """One round: drain every registered queue in slices of ``slice_seconds``,
+        sleeping ``pause`` between slices, until all are empty; returns the pauses
+        taken. The drainer thread runs this when woken; tests call it directly."""
+        pauses = 0
+        while True:
             with self._lock:
                 queues = list(self._queues)
+            backlog = False
             for queue in queues:
-                queue.drain()
+                if not queue.drain_for(self.slice_seconds, self._clock):
+                    backlog = True
+            if not backlog:
+                return pauses
+            self._sleep(self.pause)  # the lock goes to request threads meanwhile
+            pauses += 1
 
     def _after_fork(self) -> None:
         """In a forked child the thread is gone (and the locks may be held): start over."""
@@ -147,12 +188,8 @@ class DeferredQueue(Generic[T]):
                 self._drainer.wake()
 
     def drain(self) -> int:
-        """Hand every queued item to ``handle``; returns how many.
-
-        The drainer does not give the GIL away between items: the interpreter's own
-        switch interval shares it with request threads, and giving it away by hand
-        (``time.sleep(0)`` every 50 us, or after each item) cost more CPU than it saved
-        latency (context switches; docs/performance.md, telemetry runs B - L)."""
+        """Hand every queued item to ``handle``; returns how many (collection time, a
+        full queue, :meth:`close`: whoever calls this waits for all of it)."""
         items = self._items
         handle = self._handle
         done = 0
@@ -164,6 +201,23 @@ class DeferredQueue(Generic[T]):
                     return done
                 handle(item)
                 done += 1
+
+    def drain_for(self, seconds: float, clock: Callable[[], float]) -> bool:
+        """Hand queued items to ``handle`` until the queue is empty (True) or ``seconds``
+        of ``clock`` have passed (False: items remain). At least one item is handled
+        when there is one, so a slow handler still makes progress."""
+        items = self._items
+        handle = self._handle
+        deadline = clock() + seconds
+        with self._drain_lock:
+            while True:
+                try:
+                    item = items.popleft()
+                except IndexError:
+                    return True
+                handle(item)
+                if clock() >= deadline:
+                    return not items
 
     def close(self) -> None:
         """Drain what is queued and leave the drainer (items put later still queue and
@@ -179,5 +233,5 @@ class DeferredQueue(Generic[T]):
         self._items.clear()
 
 
-__all__ = ["DEFAULT_BATCH", "DEFAULT_INTERVAL", "DEFAULT_LIMIT", "DeferredQueue", "Drainer",
-           "shared_drainer"]
+__all__ = ["DEFAULT_BATCH", "DEFAULT_INTERVAL", "DEFAULT_LIMIT", "DEFAULT_PAUSE",
+           "DEFAULT_SLICE", "DeferredQueue", "Drainer", "shared_drainer"]

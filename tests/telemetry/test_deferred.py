@@ -108,6 +108,61 @@ def test_the_drainer_thread_drains_a_batch_by_itself() -> None:
     queue.close()
 
 
+class SlicedDrainer(Drainer):
+    """A drainer on a fake clock that advances one second per item handled, and a fake
+    sleep that only records: :meth:`Drainer.run_once` deterministically, no thread."""
+
+    def __init__(self, slice_seconds: float) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+        super().__init__(interval=3600.0, slice_seconds=slice_seconds, pause=0.25,
+                         clock=lambda: self.now, sleep=self.sleeps.append)
+
+    def register(self, queue: Any) -> None:  # no thread: the test runs the rounds
+        self._queues.add(queue)
+
+    def handler(self, seen: list[Any]) -> Any:
+        def handle(item: Any) -> None:
+            seen.append(item)
+            self.now += 1.0
+        return handle
+
+
+def test_the_drainer_records_in_slices_and_pauses_between_them() -> None:
+    drainer = SlicedDrainer(slice_seconds=3.0)
+    seen: list[int] = []
+    queue = DeferredQueue(drainer.handler(seen), batch=4, limit=100, drainer=drainer)
+    for i in range(10):
+        queue.put(i)
+    # slices of three items (3 s of the fake clock), a pause after each one that leaves
+    # a backlog: 3 + 3 + 3 + 1, three pauses
+    assert drainer.run_once() == 3
+    assert drainer.sleeps == [0.25, 0.25, 0.25]
+    assert seen == list(range(10)) and len(queue) == 0
+    assert drainer.run_once() == 0          # nothing queued: no pause
+
+
+def test_every_queue_gets_a_slice_per_round_and_a_slow_item_still_progresses() -> None:
+    drainer = SlicedDrainer(slice_seconds=0.5)   # every item outlasts the slice
+    first: list[str] = []
+    second: list[str] = []
+    a = DeferredQueue(drainer.handler(first), batch=4, limit=100, drainer=drainer)
+    b = DeferredQueue(drainer.handler(second), batch=4, limit=100, drainer=drainer)
+    for i in range(3):
+        a.put(f"a{i}")
+    b.put("b0")
+    # one item per queue per slice: round 1 takes a0 and b0, then a1, then a2
+    assert drainer.run_once() == 2
+    assert first == ["a0", "a1", "a2"] and second == ["b0"]
+
+
+def test_a_drainer_needs_a_positive_slice() -> None:
+    with pytest.raises(ValueError, match="slice_seconds"):
+        Drainer(slice_seconds=0)
+    with pytest.raises(ValueError, match="pause"):
+        Drainer(pause=-1.0)
+
+
 def test_after_fork_the_child_starts_empty_with_a_new_thread() -> None:
     drainer = Drainer(interval=3600.0)
     queue: DeferredQueue[object] = DeferredQueue(lambda item: None, batch=100, drainer=drainer)
