@@ -38,7 +38,9 @@ not counted). ``--profile`` adds a cProfile of the sync mesh client.
 
 Each ratio is printed with a 90% bootstrap interval (blocks resampled with
 replacement, fixed seed): how far this run's noise could move it. The verdict is
-the ratio itself against the target, interval or not.
+the ratio itself against the target, interval or not. The p99 ratio stands beside it,
+because work taken off the median can land in the tail (the OTel drainer did: 6.8 ms
+p99 against 2.1 ms bare before it worked in slices).
 
 Not a test (pytest only collects ``tests/``). Exit status: 0, or 1 with
 ``--strict`` when a target is missed, 2 when the upstream cannot be set up.
@@ -552,8 +554,8 @@ def report(variants: list[Variant], blocks: int, per_block: int, args: argparse.
         p50, p99, mean, cpu = _stats(v)
         print(f"{v.name:<22} {p50:>8.1f} {p99:>8.1f} {mean:>8.1f} {cpu:>12.1f} {v.errors:>6}")
     print()
-    print(f"{'ratio':<10} {'p50':>7} {'90% interval':>13} {'p50 per block':>15} {'CPU':>7} "
-          f"{'+p50 us':>8} {'+CPU us':>8}  {'target':<14} result")
+    print(f"{'ratio':<10} {'p50':>7} {'90% interval':>13} {'p50 per block':>15} {'p99':>7} "
+          f"{'CPU':>7} {'+p50 us':>8} {'+CPU us':>8}  {'target':<14} result")
     for label, bare, mesh, target in _pairs(variants):
         b, m = _stats(bare), _stats(mesh)
         ratios = sorted(mp / bp for mp, bp in zip(mesh.block_p50, bare.block_p50, strict=True))
@@ -562,7 +564,9 @@ def report(variants: list[Variant], blocks: int, per_block: int, args: argparse.
         spread = f"{ratios[0]:.2f}-{ratios[-1]:.2f}"
         low, high = ratio_interval(bare.blocks, mesh.blocks)
         interval = f"{low:.2f}-{high:.2f}"
-        print(f"{label:<10} {p50_ratio:>6.2f}x {interval:>13} {spread:>15} {m[3] / b[3]:>6.2f}x "
+        # p99 beside the target's p50: work moved off the median can land in the tail
+        print(f"{label:<10} {p50_ratio:>6.2f}x {interval:>13} {spread:>15} {m[1] / b[1]:>6.2f}x "
+              f"{m[3] / b[3]:>6.2f}x "
               f"{m[0] - b[0]:>+8.1f} {m[3] - b[3]:>+8.1f}  p50 <= {target:.2f}x  "
               f"{verdict}")
     if any(v.errors for v in variants):
