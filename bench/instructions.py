@@ -5,7 +5,7 @@
 
 Why: the latency benchmarks (``sdk_overhead.py``) cannot resolve a 10% target on a
 shared two-core machine (the same code measured 1.06 - 1.34x in one day). An
-instruction count repeats exactly whatever else the machine does, so it tells whether
+instruction count repeats (see below) whatever else the machine does, so it tells whether
 a change made the mesh's own work smaller. It is not latency: no network, no kernel
 time outside this process, no cache misses weighed.
 
@@ -26,7 +26,10 @@ outlier detection). Variants:
   run ends with ``telemetry.flush()``, so the count carries all of it.
 
 Per call = (Ir of a run with ``calls + 50`` calls - Ir of a run with 50) / ``calls``,
-after 100 warm-up calls in both, so start-up and imports cancel out. Needs valgrind
+after 100 warm-up calls in both, so start-up and imports cancel out. Random sources
+and string hashing are seeded, so a count repeats to within a few hundred
+instructions per call (what is left follows the clock: retry-budget windows and
+outlier-detection intervals roll with time). Needs valgrind
 (Debian's ``valgrind``); one and a half to two minutes per variant. Not a test.
 """
 
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -57,7 +61,9 @@ def client_for(variant: str) -> tuple[Any, str]:
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
     from bench import sdk_overhead as sdk
+    from meshsdk.mesh import Mesh
     from meshsdk.telemetry import PrometheusMetrics, Telemetry
+    from meshsdk.testing.builders import config_from_yaml
 
     class MemoryPool:
         """An httpcore pool that answers every request with nginx's ``200 ok``."""
@@ -75,15 +81,21 @@ def client_for(variant: str) -> tuple[Any, str]:
         transport = httpx.HTTPTransport()
         transport._pool = MemoryPool()  # type: ignore[assignment]
         return httpx.Client(transport=transport), "http://127.0.0.1:8080/"
+    # seeded random sources (and PYTHONHASHSEED, set by instructions()): the same
+    # subsets picked and the same 1% of calls sampled in every run, so counts repeat
     telemetry: Any = False
+    tel_rng = random.Random(2)
     if variant == "mesh+tel":
-        telemetry = Telemetry(sdk.WORKLOAD, otel_metrics=False)
+        telemetry = Telemetry(sdk.WORKLOAD, otel_metrics=False, rng=tel_rng)
     elif variant == "mesh+prom":
-        telemetry = Telemetry(sdk.WORKLOAD, otel_metrics=False, metrics=[PrometheusMetrics()])
+        telemetry = Telemetry(sdk.WORKLOAD, otel_metrics=False, metrics=[PrometheusMetrics()],
+                              rng=tel_rng)
     elif variant == "mesh+otel":
         from bench.otel_noop import dropping_meter_provider
-        telemetry = Telemetry(sdk.WORKLOAD, meter_provider=dropping_meter_provider())
-    mesh = sdk.make_mesh(8080, telemetry)
+        telemetry = Telemetry(sdk.WORKLOAD, meter_provider=dropping_meter_provider(),
+                              rng=tel_rng)
+    mesh = Mesh(config_from_yaml(*sdk.mesh_config_yaml(8080)), sdk.WORKLOAD,
+                telemetry=telemetry, rng=random.Random(1))
     client = mesh.client()
     client._transport._pool = MemoryPool()  # the mesh transport's own direct pool
     client.mesh = mesh
@@ -107,7 +119,7 @@ def run_calls(variant: str, calls: int) -> None:
 
 def instructions(valgrind: str, variant: str, calls: int, workdir: Path) -> int:
     out = workdir / f"callgrind.{variant}.{calls}"
-    env = {**os.environ, "PYTHONMALLOC": "malloc"}
+    env = {**os.environ, "PYTHONMALLOC": "malloc", "PYTHONHASHSEED": "0"}
     proc = subprocess.run(
         [valgrind, "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
          __file__, "--run", variant, "--calls", str(calls)],
