@@ -23,7 +23,11 @@ outlier detection). Variants:
 * ``mesh+otel``: the same with Istio's metrics recorded through OpenTelemetry's SDK
   (``sdk_overhead.py``'s dropping meter provider; tracing as ``mesh+tel``). The SDK's
   work happens in the deferred drainer thread; callgrind counts every thread, and each
-  run ends with ``telemetry.flush()``, so the count carries all of it.
+  run ends with ``telemetry.flush()``, so the count carries all of it;
+* ``tel-only``: telemetry's own work for one call and nothing else (no httpx, no
+  routing): ``Telemetry.outbound``, ``responded`` and ``finish`` with the Prometheus
+  sink, on the head and verdict of a real ``mesh+prom`` call. The yardstick for
+  trimming telemetry; its ratio to bare is meaningless and not printed.
 
 Per call = (Ir of a run with ``calls + 50`` calls - Ir of a run with 50) / ``calls``,
 after 100 warm-up calls in both, so start-up and imports cancel out. Random sources
@@ -48,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("bare", "mesh", "mesh+tel", "mesh+prom", "mesh+otel")
+VARIANTS = ("bare", "mesh", "mesh+tel", "mesh+prom", "mesh+otel", "tel-only")
 BASE_CALLS = 50
 
 
@@ -102,8 +106,32 @@ def client_for(variant: str) -> tuple[Any, str]:
     return client, sdk.MESH_URL
 
 
+def telemetry_only(calls: int) -> None:
+    """``tel-only``: one real call through ``mesh+prom`` for a realistic verdict, then
+    ``calls`` rounds of what telemetry does for a call, on a fresh copy of its head."""
+    import httpx
+
+    client, url = client_for("mesh+prom")
+    mesh = client.mesh
+    verdicts: list[Any] = []
+    mesh.add_observer(lambda request, result, info: verdicts.append(result))
+    client.get(url)
+    result, telemetry = verdicts[0], mesh.telemetry
+    head = [("host", "svc:8080"), ("accept", "*/*"), ("accept-encoding", "gzip, deflate"),
+            ("connection", "keep-alive"), ("user-agent", f"python-httpx/{httpx.__version__}")]
+    answer = httpx.Headers([(b"server", b"nginx"), (b"content-type", b"text/plain"),
+                            (b"content-length", b"3")])
+    for _ in range(100 + calls):
+        call = telemetry.outbound("GET", "http", "svc:8080", "/", list(head))
+        call.responded(result, answer, "HTTP/1.1")
+        call.finish(3)  # the body, nginx's "ok\n"
+    os._exit(0)
+
+
 def run_calls(variant: str, calls: int) -> None:
     """The measured program: warm up, then ``calls`` GETs, then exit at once."""
+    if variant == "tel-only":
+        telemetry_only(calls)
     client, url = client_for(variant)
     for _ in range(100):
         client.get(url)
@@ -163,8 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     bare = per_call.get("bare")
     print(f"{'variant':<10} {'instructions':>13} {'vs bare':>8} {'added':>10}")
     for variant, count in per_call.items():
-        ratio = f"{count / bare:.2f}x" if bare else "-"
-        added = f"{count - bare:+,.0f}" if bare else "-"
+        compared = bare and variant != "tel-only"
+        ratio = f"{count / bare:.2f}x" if compared else "-"
+        added = f"{count - bare:+,.0f}" if compared else "-"
         print(f"{variant:<10} {count:>13,.0f} {ratio:>8} {added:>10}")
     return 0
 
