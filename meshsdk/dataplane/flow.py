@@ -619,11 +619,23 @@ def _finish(decision: RouteDecision, req: RequestView, plan: _Plan,
                 headers = [(k, v) for k, v in headers if k.lower() not in names] + cors
             return headers
 
-    return CallResult(response=result.response, flags=flags, attempts=attempts,
-                      route_name=decision.route_name, cluster=cluster.name, endpoint=endpoint,
-                      status=outcome.status, response_headers=response_headers,
-                      release=state.release, decision=decision, service=cluster.service,
-                      mtls=mtls)
+    # Every call that gets an answer ends here: the thirteen fields are stored one by
+    # one, not bound as keyword arguments of the dataclass __init__ (half the cost).
+    answered: CallResult = object.__new__(CallResult)
+    answered.response = result.response
+    answered.local_reply = None
+    answered.flags = flags
+    answered.attempts = attempts
+    answered.route_name = decision.route_name
+    answered.cluster = cluster.name
+    answered.endpoint = endpoint
+    answered.status = outcome.status
+    answered.response_headers = response_headers
+    answered.release = state.release
+    answered.decision = decision
+    answered.service = cluster.service
+    answered.mtls = mtls
+    return answered
 
 
 def _failure_reply(outcome: Outcome) -> LocalReply:

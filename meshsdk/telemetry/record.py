@@ -139,6 +139,54 @@ class CallRecord:
     """Size of the response's header block (names + values) when the driver knows it
     from the raw head; else sizes are computed from ``response_headers``."""
 
+    @classmethod
+    def start(cls, reporter: Reporter, start_time: float, duration: float, method: str,
+              path: str, authority: str) -> CallRecord:
+        """``CallRecord(reporter, start_time, duration, method, path, authority)``, every
+        other field at its default, without the dataclass ``__init__``: the request
+        paths fill about thirty fields per call, and binding thirty keyword arguments
+        costs about 2 us there, against a fraction of that for plain attribute stores
+        (the callers then set what they know). ``tests/telemetry/test_record.py``
+        checks that this stays equal to the constructor's record."""
+        r: CallRecord = object.__new__(cls)
+        r.reporter = reporter
+        r.start_time = start_time
+        r.duration = duration
+        r.method = method
+        r.path = path
+        r.authority = authority
+        r.scheme = "http"
+        r.protocol = "HTTP/1.1"
+        r.request_protocol = "http"
+        r.status = 0
+        r.grpc_status = None
+        r.response_flags = "-"
+        r.bytes_received = 0
+        r.bytes_sent = 0
+        r.response_duration = None
+        r.request_headers = ()
+        r.response_headers = ()
+        r.request_id = None
+        r.route_name = ""
+        r.upstream_cluster = None
+        r.upstream_host = None
+        r.upstream_local_address = None
+        r.upstream_transport_failure_reason = None
+        r.downstream_local_address = None
+        r.downstream_remote_address = None
+        r.requested_server_name = None
+        r.response_code_details = None
+        r.attempts = 1
+        r.source = _NO_PEER          # Peer and Service are frozen: one default is shared
+        r.destination = _NO_PEER
+        r.service = _NO_SERVICE
+        r.connection_security_policy = UNKNOWN
+        r.trace_id = None
+        r.span_id = None
+        r.request_header_bytes = None
+        r.response_header_bytes = None
+        return r
+
     def request_header(self, name: str) -> str | None:
         """The first value of request header ``name`` (any case), or None.
 
@@ -154,6 +202,10 @@ class CallRecord:
     def _pseudo(self) -> Mapping[str, str]:
         return {":method": self.method, ":path": self.path, ":authority": self.authority,
                 ":scheme": self.scheme}
+
+
+_NO_PEER = Peer()
+_NO_SERVICE = Service()
 
 
 def _header(items: Sequence[tuple[str, str]], name: str,

@@ -681,31 +681,36 @@ class OutboundCall:
             response_headers = _LazyHeaders(given)
         service = (tel._service(result, self.authority) if result is not None
                    else Service(host=split_host_port(self.authority)[0]))
-        record = CallRecord(
-            reporter="source", start_time=self.started_wall, duration=now - self.started,
-            method=self.method, path=self.path, authority=self.authority, scheme=self.scheme,
-            protocol=self.protocol, request_protocol="grpc" if self.grpc else "http",
-            status=status,
-            grpc_status=_grpc_status(response_headers) if result and self.grpc else None,
-            response_flags=flags, bytes_received=self.request_bytes,
-            bytes_sent=bytes_sent,
-            response_duration=(self.response_at - self.started
-                               if self.response_at is not None else None),
-            request_headers=self.headers, response_headers=response_headers,
-            request_id=self.request_id,
-            route_name=result.route_name if result is not None else "",
-            upstream_cluster=result.cluster if result is not None else None,
-            upstream_host=(result.endpoint.authority
-                           if result is not None and result.endpoint is not None
-                           and result.local_reply is None else None),
-            attempts=result.attempts if result is not None else 0,
-            source=tel.peer_mtls if result is not None and result.mtls else tel.peer,
-            destination=tel._destination(result.endpoint if result is not None else None,
-                                         result is not None and result.mtls),
-            service=service, connection_security_policy=UNKNOWN,
-            downstream_local_address=self.local_address,
-            response_code_details=_details(result), response_header_bytes=header_bytes,
-            request_header_bytes=self.header_bytes)
+        record = CallRecord.start("source", self.started_wall, now - self.started,
+                                  self.method, self.path, self.authority)
+        record.scheme = self.scheme
+        record.protocol = self.protocol
+        record.request_protocol = "grpc" if self.grpc else "http"
+        record.status = status
+        record.grpc_status = (_grpc_status(response_headers) if result and self.grpc
+                              else None)
+        record.response_flags = flags
+        record.bytes_received = self.request_bytes
+        record.bytes_sent = bytes_sent
+        record.response_duration = (self.response_at - self.started
+                                    if self.response_at is not None else None)
+        record.request_headers = self.headers
+        record.response_headers = response_headers
+        record.request_id = self.request_id
+        record.route_name = result.route_name if result is not None else ""
+        record.upstream_cluster = result.cluster if result is not None else None
+        record.upstream_host = (result.endpoint.authority
+                                if result is not None and result.endpoint is not None
+                                and result.local_reply is None else None)
+        record.attempts = result.attempts if result is not None else 0
+        record.source = tel.peer_mtls if result is not None and result.mtls else tel.peer
+        record.destination = tel._destination(result.endpoint if result is not None else None,
+                                              result is not None and result.mtls)
+        record.service = service
+        record.downstream_local_address = self.local_address
+        record.response_code_details = _details(result)
+        record.response_header_bytes = header_bytes
+        record.request_header_bytes = self.header_bytes
         if self.ids is not None:
             record.trace_id, record.span_id = self.ids
         if self.span is not None and self.span.is_recording():
@@ -781,30 +786,39 @@ class InboundCall:
         """Record the request (reporter ``destination``) and end its span; returns the
         record. ``status`` 0 means no response was sent (downstream went away)."""
         tel = self.telemetry
-        record = CallRecord(
-            reporter="destination", start_time=self.started_wall,
-            duration=tel._clock() - self.started, method=self.method, path=self.path,
-            authority=self.authority, scheme=self.scheme, protocol=protocol,
-            request_protocol=(self.request_protocol if self.request_protocol is not None
-                              else _protocol(self.headers)), status=status,
-            grpc_status=grpc_status if grpc_status is not None
-            else _grpc_status(response_headers),
-            response_flags=flags,
-            bytes_received=(bytes_received if bytes_received is not None
-                            else self.content_length if self.content_length is not None
-                            else _content_length(self.headers)),
-            bytes_sent=bytes_sent, response_duration=response_duration,
-            request_headers=self.headers, response_headers=response_headers,
-            request_id=self.request_id, source=self.source,
-            # over mesh mTLS the server's principal is its own SPIFFE ID, as Istio reports
-            destination=tel.peer_mtls if self.security_policy == "mutual_tls" else tel.peer,
-            service=self.service, connection_security_policy=self.security_policy,
-            downstream_remote_address=self.remote_address,
-            downstream_local_address=self.local_address,
-            requested_server_name=self.server_name,
-            upstream_cluster=(self.upstream_cluster if self.upstream_cluster is not None
-                              else f"inbound|{split_host_port(self.authority)[1] or ''}||"),
-            upstream_host=self.local_address, request_header_bytes=self.header_bytes)
+        record = CallRecord.start("destination", self.started_wall,
+                                  tel._clock() - self.started, self.method, self.path,
+                                  self.authority)
+        record.scheme = self.scheme
+        record.protocol = protocol
+        record.request_protocol = (self.request_protocol if self.request_protocol is not None
+                                   else _protocol(self.headers))
+        record.status = status
+        record.grpc_status = (grpc_status if grpc_status is not None
+                              else _grpc_status(response_headers))
+        record.response_flags = flags
+        record.bytes_received = (bytes_received if bytes_received is not None
+                                 else self.content_length if self.content_length is not None
+                                 else _content_length(self.headers))
+        record.bytes_sent = bytes_sent
+        record.response_duration = response_duration
+        record.request_headers = self.headers
+        record.response_headers = response_headers
+        record.request_id = self.request_id
+        record.source = self.source
+        # over mesh mTLS the server's principal is its own SPIFFE ID, as Istio reports
+        record.destination = (tel.peer_mtls if self.security_policy == "mutual_tls"
+                              else tel.peer)
+        record.service = self.service
+        record.connection_security_policy = self.security_policy
+        record.downstream_remote_address = self.remote_address
+        record.downstream_local_address = self.local_address
+        record.requested_server_name = self.server_name
+        record.upstream_cluster = (
+            self.upstream_cluster if self.upstream_cluster is not None
+            else f"inbound|{split_host_port(self.authority)[1] or ''}||")
+        record.upstream_host = self.local_address
+        record.request_header_bytes = self.header_bytes
         if self.done:
             return record
         self.done = True

@@ -89,3 +89,24 @@ def test_body_errors_are_httpx_errors() -> None:
     with (Upstream("r", script(reply)) as up, _mesh(up).client() as client,
           pytest.raises(httpx.TransportError)):
         client.get(URL)
+
+
+def test_an_answered_verdict_has_every_field_set() -> None:
+    """The flow builds an answered call's CallResult field by field (the hot path skips
+    the dataclass __init__): a field added to the class and forgotten there would be
+    unset, and reading it raise."""
+    import dataclasses
+
+    from meshsdk.dataplane.flow import CallResult
+
+    verdicts: list[CallResult] = []
+    with Upstream("r") as up:
+        mesh = _mesh(up)
+        mesh.add_observer(lambda request, result, info: verdicts.append(result))
+        with mesh.client() as client:
+            assert client.get(URL).status_code == 200
+    [verdict] = verdicts
+    values = {f.name: getattr(verdict, f.name) for f in dataclasses.fields(CallResult)}
+    assert values["local_reply"] is None and values["status"] == 200
+    assert values["attempts"] == 1 and values["flags"] == () and values["mtls"] is False
+    assert values["cluster"] == "outbound|9080||reviews.default.svc.cluster.local"
