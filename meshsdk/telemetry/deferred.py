@@ -190,6 +190,18 @@ class DeferredQueue(Generic[T]):
     def drain(self) -> int:
         """Hand every queued item to ``handle``; returns how many (collection time, a
         full queue, :meth:`close`: whoever calls this waits for all of it)."""
+        return self._handle_until(None, None)[0]
+
+    def drain_for(self, seconds: float, clock: Callable[[], float]) -> bool:
+        """Hand queued items to ``handle`` until the queue is empty (True) or ``seconds``
+        of ``clock`` have passed (False: items remain). At least one item is handled
+        when there is one, so a slow handler still makes progress."""
+        return self._handle_until(clock() + seconds, clock)[1]
+
+    def _handle_until(self, deadline: float | None, clock: Callable[[], float] | None
+                      ) -> tuple[int, bool]:
+        """The one drain loop: items handled, and whether the queue was emptied (no
+        ``deadline``: until it is)."""
         items = self._items
         handle = self._handle
         done = 0
@@ -198,26 +210,11 @@ class DeferredQueue(Generic[T]):
                 try:
                     item = items.popleft()
                 except IndexError:
-                    return done
+                    return done, True
                 handle(item)
                 done += 1
-
-    def drain_for(self, seconds: float, clock: Callable[[], float]) -> bool:
-        """Hand queued items to ``handle`` until the queue is empty (True) or ``seconds``
-        of ``clock`` have passed (False: items remain). At least one item is handled
-        when there is one, so a slow handler still makes progress."""
-        items = self._items
-        handle = self._handle
-        deadline = clock() + seconds
-        with self._drain_lock:
-            while True:
-                try:
-                    item = items.popleft()
-                except IndexError:
-                    return True
-                handle(item)
-                if clock() >= deadline:
-                    return not items
+                if clock is not None and deadline is not None and clock() >= deadline:
+                    return done, not items
 
     def close(self) -> None:
         """Drain what is queued and leave the drainer (items put later still queue and
