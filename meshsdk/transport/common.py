@@ -127,9 +127,35 @@ def upstream_request(attempt: Attempt, request: httpx.Request,
     applies: each of its parts caps the attempt's own.
     """
     url, extensions = _target(attempt, request, address)
-    headers = [("host", attempt.authority), *attempt.headers]
+    headers = head_bytes(attempt.authority, attempt.headers, request.headers.encoding)
     return httpx.Request(request.method, _url(url), headers=headers, stream=request.stream,
                          extensions=extensions)
+
+
+def head_bytes(authority: str, pairs: Iterable[tuple[str, str]], encoding: str
+               ) -> list[tuple[bytes, bytes]]:
+    """An attempt's head as the bytes to send: Host first, then ``pairs``.
+
+    ``encoding`` is the one httpx decoded the caller's headers with
+    (``request.headers.encoding``: ASCII, else UTF-8, else Latin-1), so a caller's
+    non-ASCII value goes out byte for byte as it came, as bare httpx sends it. A
+    value that encoding cannot carry was added by the mesh (a string from the
+    config's header operations): it goes as UTF-8, the bytes Envoy sends for it.
+    """
+    try:
+        head = [(b"host", authority.encode(encoding))]
+        head += [(k.encode(encoding), v.encode(encoding)) for k, v in pairs]
+        return head
+    except UnicodeEncodeError:  # rare: only then the per-value fallback
+        return [(b"host", _encoded(authority, encoding)),
+                *[(_encoded(k, encoding), _encoded(v, encoding)) for k, v in pairs]]
+
+
+def _encoded(text: str, encoding: str) -> bytes:
+    try:
+        return text.encode(encoding)
+    except UnicodeEncodeError:
+        return text.encode("utf-8")
 
 
 # --- the direct path: httpx's own default transport, its httpcore pool called directly ---
@@ -185,11 +211,10 @@ class _CoreRequest(httpcore.Request):
 def core_request(attempt: Attempt, request: httpx.Request,
                  address: str | None = None) -> httpcore.Request:
     """:func:`upstream_request` as the ``httpcore.Request`` ``httpx.HTTPTransport`` would
-    make of it: same URL, head bytes (ASCII, as ``httpx.Headers`` encodes str), body
-    stream and extensions, without the intermediate ``httpx.Request``."""
+    make of it: same URL, head bytes (:func:`head_bytes`), body stream and extensions,
+    without the intermediate ``httpx.Request``."""
     url, extensions = _target(attempt, request, address)
-    headers = [(b"host", attempt.authority.encode("ascii"))]
-    headers += [(k.encode("ascii"), v.encode("ascii")) for k, v in attempt.headers]
+    headers = head_bytes(attempt.authority, attempt.headers, request.headers.encoding)
     return _CoreRequest(request.method.encode("ascii"), _core_url(url), headers,
                         request.stream, extensions)
 
@@ -229,7 +254,8 @@ def shadow_authority(authority: str) -> str:
 def mirror_request(attempt: Attempt, request: httpx.Request) -> httpx.Request:
     """A mirror copy: same head and body bytes, never the caller's stream object; the
     Host gets Envoy's ``-shadow`` suffix so the mirror's server can tell copies apart."""
-    headers = [("host", shadow_authority(attempt.authority)), *attempt.headers]
+    headers = head_bytes(shadow_authority(attempt.authority), attempt.headers,
+                         request.headers.encoding)
     body = request.content if isinstance(request.stream, httpx.ByteStream) else b""
     return httpx.Request(request.method, attempt.url, headers=headers, content=body,
                          extensions={"timeout": {"connect": attempt.connect_timeout,

@@ -110,3 +110,58 @@ def test_an_answered_verdict_has_every_field_set() -> None:
     assert values["local_reply"] is None and values["status"] == 200
     assert values["attempts"] == 1 and values["flags"] == () and values["mtls"] is False
     assert values["cluster"] == "outbound|9080||reviews.default.svc.cluster.local"
+
+
+NON_ASCII_ROUTES = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{headers: {end-user: {exact: "José"}}}]
+    route: [{destination: {host: reviews}}]
+    headers: {request: {set: {x-greeting: "olá"}}}
+    mirror: {host: shadow}
+  - route: [{destination: {host: reviews}}]
+"""
+
+
+@pytest.mark.parametrize("given_transport", [False, True])
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_non_ascii_request_headers_go_out_byte_for_byte(mode: str,
+                                                        given_transport: bool) -> None:
+    """A header value bare httpx sends (UTF-8 or Latin-1 bytes) reaches the endpoint,
+    and a mirror, as the same bytes; a UTF-8 value matches a route written in UTF-8
+    YAML; a non-ASCII value from the route's header operations goes as UTF-8 (the
+    bytes Envoy sends for a config string)."""
+    from meshsdk.testing.upstream import echo, wait_until
+
+    utf8, latin1 = "José".encode(), "Zoë".encode("latin-1")
+    with Upstream("r", echo) as up, Upstream("shadow", echo) as shadow:
+        mesh = Mesh(config_from_yaml(service_entry("reviews", [(up, {})], port=9080),
+                                     service_entry("shadow", [(shadow, {})], port=9080),
+                                     NON_ASCII_ROUTES), CLIENT, rng=random.Random(1))
+        heads = [{"end-user": utf8, "x-note": utf8}, {"end-user": b"bob", "x-note": latin1}]
+
+        def sync_calls() -> list[httpx.Response]:
+            transport = mesh.transport(httpx.HTTPTransport()) if given_transport else None
+            with httpx.Client(transport=transport or mesh.transport()) as client:
+                return [client.get(URL, headers=h) for h in heads]
+
+        async def async_calls() -> list[httpx.Response]:
+            transport = (mesh.async_transport(httpx.AsyncHTTPTransport()) if given_transport
+                         else mesh.async_transport())
+            async with httpx.AsyncClient(transport=transport) as client:
+                return [await client.get(URL, headers=h) for h in heads]
+
+        responses = sync_calls() if mode == "sync" else asyncio.run(async_calls())
+        assert [r.status_code for r in responses] == [200, 200]
+        assert wait_until(lambda: shadow.hits == 1)
+        # http.server decodes a head as Latin-1: encoding back gives the bytes received
+        sent = [{k: v.encode("latin-1") for k, v in r.headers.items()} for r in up.requests]
+        assert [(s["end-user"], s["x-note"]) for s in sent] == [(utf8, utf8), (b"bob", latin1)]
+        assert [s.get("x-greeting") for s in sent] == ["olá".encode(), None]  # route 1 only
+        [mirrored] = [{k: v.encode("latin-1") for k, v in r.headers.items()}
+                      for r in shadow.requests]
+        assert (mirrored["end-user"], mirrored["x-note"]) == (utf8, utf8)
