@@ -29,7 +29,7 @@ from meshsdk.deadline import current_deadline
 from meshsdk.errors import UsageError
 from meshsdk.routing.request import RequestView
 from meshsdk.transport.async_ import AsyncMeshTransport
-from meshsdk.transport.common import CallInfo, header_value, replayable
+from meshsdk.transport.common import CallInfo, header_value, replayable, replayable_length
 from meshsdk.transport.dns import DnsCache
 from meshsdk.transport.mirrors import MirrorSender
 from meshsdk.transport.sync import MeshTransport
@@ -176,10 +176,16 @@ class Mesh:
         url = request.url
         raw = url.raw_path.decode("ascii", "replace")
         path, _, query = raw.partition("?")
-        items = request.headers.multi_items()  # decoded once, read three times
-        authority = header_value(items, "host") or url.netloc.decode("ascii", "replace")
+        items = request.headers.multi_items()  # decoded once, names lower-case
+        lookup = dict(items)
+        if len(lookup) == len(items):  # no repeated names: the dict answers for the list
+            authority = lookup.get("host") or url.netloc.decode("ascii", "replace")
+            replay = replayable_length(request, lookup.get("content-length"))
+        else:
+            authority = header_value(items, "host") or url.netloc.decode("ascii", "replace")
+            replay = replayable(request, items)
         return self._start(state, request.method, url.scheme, authority, raw, path, query,
-                           items, replayable(request, items), _deadline_now(self._clock))
+                           items, replay, _deadline_now(self._clock), lowered=True)
 
     def start_call(self, method: str, scheme: str, authority: str, target: str,
                    headers: list[tuple[str, str]], *, replayable: bool = True,
@@ -203,14 +209,14 @@ class Mesh:
 
     def _start(self, state: _State, method: str, scheme: str, authority: str, raw: str,
                path: str, query: str, items: list[tuple[str, str]], replay: bool,
-               deadline: float | None
+               deadline: float | None, *, lowered: bool = False
                ) -> tuple[Generator[Effect, AttemptResult | None, CallResult],
                           OutboundCall | None]:
         call = None
         if self.telemetry is not None:  # trace headers and x-request-id join the request
             call = self.telemetry.outbound(method, scheme, authority, raw, items)
         view = RequestView.build(method, scheme, authority, path, query,
-                                 items, source=self.workload)
+                                 items, source=self.workload, lowered=lowered)
         ctx = CallContext(view, state.snapshot, state.view, self._clusters, self._clock,
                           self._rng, replayable=replay, deadline=deadline,
                           identity=self.identity is not None)

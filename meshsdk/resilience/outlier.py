@@ -173,6 +173,16 @@ class OutlierDetector:
         if failure is Failure.OVERFLOW:
             return
         key = (endpoint.address, endpoint.port)
+        status = outcome.status
+        if (failure is None and outcome.grpc_status is None and status is not None
+                and (status < 500 or status > 599)):
+            # The common case, without the lock: a success on a host in service whose
+            # counts are all zero changes nothing (a count raced in by another thread
+            # just orders before this success, as the lock could have ordered it).
+            known = self._hosts.get(key)
+            if (known is not None and not known.ejected and not known.consecutive_5xx
+                    and not known.consecutive_gateway and not known.consecutive_local):
+                return
         now = self._clock()
         with self._lock:
             if now >= self._next_tick:

@@ -38,23 +38,23 @@ class RequestView:
     @classmethod
     def build(cls, method: str, url_scheme: str, authority: str, path: str, query: str = "",
               headers: Iterable[tuple[str, str]] = (), source: Workload | None = None,
-              ) -> RequestView:
-        """Normalise raw parts: upper-case method, lower-case header names, joined repeats."""
-        merged: dict[str, str] = {}
-        for name, value in headers:
-            key = name.lower()
-            merged[key] = f"{merged[key]},{value}" if key in merged else value
-        host = authority.lower()
-        port: int | None = None
-        if host.startswith("["):
-            end = host.find("]")
-            rest = host[end + 1:]
-            port = int(rest[1:]) if rest[1:].isdigit() else None
-        elif host.count(":") == 1:
-            tail = host.rpartition(":")[2]
-            port = int(tail) if tail.isdigit() else None
-        if port is None:
-            port = _DEFAULT_PORTS.get(url_scheme.lower())
+              *, lowered: bool = False) -> RequestView:
+        """Normalise raw parts: upper-case method, lower-case header names, joined repeats.
+
+        ``lowered``: ``headers`` is a list whose names are lower-case already (httpx's
+        ``multi_items()``), so a header block without repeats is one ``dict()`` call.
+        """
+        merged: dict[str, str] | None = None
+        if lowered and isinstance(headers, list):
+            merged = dict(headers)
+            if len(merged) != len(headers):  # a repeated name: join its values below
+                merged = None
+        if merged is None:
+            merged = {}
+            for name, value in headers:
+                key = name.lower()
+                merged[key] = f"{merged[key]},{value}" if key in merged else value
+        port = _port_of(authority, url_scheme)
         content_type = merged.get("content-type", "")
         if cls is not RequestView:  # a subclass: its own __init__
             return cls(
@@ -76,6 +76,34 @@ class RequestView:
         _set_source(view, source or Workload())
         _set_grpc(view, content_type.startswith("application/grpc"))
         return view
+
+
+_PORT_CACHE_LIMIT = 1024
+_ports: dict[tuple[str, str], int | None] = {}
+
+
+def _port_of(authority: str, url_scheme: str) -> int | None:
+    """The port of ``authority`` (``host:port``, ``[v6]:port``), else the scheme's
+    default; memoised per (authority, scheme), as calls repeat a few of them. Bounded:
+    cleared when full."""
+    key = (authority, url_scheme)
+    if key in _ports:
+        return _ports[key]
+    host = authority.lower()
+    port: int | None = None
+    if host.startswith("["):
+        end = host.find("]")
+        rest = host[end + 1:]
+        port = int(rest[1:]) if rest[1:].isdigit() else None
+    elif host.count(":") == 1:
+        tail = host.rpartition(":")[2]
+        port = int(tail) if tail.isdigit() else None
+    if port is None:
+        port = _DEFAULT_PORTS.get(url_scheme.lower())
+    if len(_ports) >= _PORT_CACHE_LIMIT:
+        _ports.clear()
+    _ports[key] = port
+    return port
 
 
 (_set_method, _set_scheme, _set_authority, _set_path, _set_query, _set_headers, _set_port,

@@ -69,10 +69,14 @@ def replayable(request: httpx.Request, items: list[tuple[str, str]] | None = Non
 
     ``items`` is ``request.headers.multi_items()`` when the caller already has it.
     """
+    return replayable_length(request, request.headers.get("content-length") if items is None
+                             else header_value(items, "content-length"))
+
+
+def replayable_length(request: httpx.Request, length: str | None) -> bool:
+    """:func:`replayable`, given the request's ``content-length`` header value."""
     if not isinstance(request.stream, httpx.ByteStream):
         return False
-    length = (request.headers.get("content-length") if items is None
-              else header_value(items, "content-length"))
     return length is None or (length.isdigit() and int(length) <= MAX_REPLAY_BYTES)
 
 
