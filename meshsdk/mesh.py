@@ -29,7 +29,13 @@ from meshsdk.deadline import current_deadline
 from meshsdk.errors import UsageError
 from meshsdk.routing.request import RequestView
 from meshsdk.transport.async_ import AsyncMeshTransport
-from meshsdk.transport.common import CallInfo, header_value, replayable, replayable_length
+from meshsdk.transport.common import (
+    CallInfo,
+    header_items,
+    header_value,
+    replayable,
+    replayable_length,
+)
 from meshsdk.transport.dns import DnsCache
 from meshsdk.transport.mirrors import MirrorSender
 from meshsdk.transport.sync import MeshTransport
@@ -176,7 +182,7 @@ class Mesh:
         url = request.url
         raw = url.raw_path.decode("ascii", "replace")
         path, _, query = raw.partition("?")
-        items = request.headers.multi_items()  # decoded once, names lower-case
+        items = header_items(request.headers)  # decoded once, names lower-case
         lookup = dict(items)
         if len(lookup) == len(items):  # no repeated names: the dict answers for the list
             authority = lookup.get("host") or url.netloc.decode("ascii", "replace")

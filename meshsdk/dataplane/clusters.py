@@ -60,12 +60,14 @@ class Cluster:
         self._budget_settings: Any = None
         # TLS to open, per "endpoint speaks mesh mTLS" (the only endpoint fact it reads)
         self._tls: dict[bool, TlsOrigination | None] = {}
+        self.scheme: str | None = None  # of the service port; None: the request's
 
     def refresh(self, snapshot: Snapshot, service: Service | None, policy: Any,
                 endpoints: tuple[Endpoint, ...]) -> None:
         """Adopt a new snapshot's policy and endpoints, keeping learned state."""
         self.snapshot, self.service, self.endpoints = snapshot, service, endpoints
         self._tls = {}
+        self.scheme = _port_scheme(service, self.key.port)
         if policy is self.policy and policy is not None:
             return
         self.policy = policy
@@ -106,6 +108,15 @@ class Cluster:
     def healthy(self) -> tuple[Endpoint, ...]:
         """Endpoints not ejected by outlier detection (all of them without it)."""
         return self.outlier.healthy(self.endpoints) if self.outlier else self.endpoints
+
+
+def _port_scheme(service: Service | None, port: int | None) -> str | None:
+    """Plain HTTP unless the service port speaks TLS (an ``HTTPS``/``TLS`` port: TLS
+    origination by its own plan); None without a service (passthrough: the request's)."""
+    if service is None:
+        return None
+    sp = service.port(port)
+    return "https" if sp is not None and sp.protocol in ("HTTPS", "TLS") else "http"
 
 
 class ClusterRegistry:

@@ -28,6 +28,7 @@ from meshsdk.config.mesh import MeshConfig
 from meshsdk.config.snapshot import ClientView, Endpoint, Service, Snapshot
 from meshsdk.dataplane.clusters import Cluster, ClusterRegistry
 from meshsdk.deadline import ENVOY_TIMEOUT_HEADER, GRPC_TIMEOUT_HEADER, format_grpc_timeout
+from meshsdk.frozen import slot_setters
 from meshsdk.outcome import (
     CONNECT_FAILURE,
     FAULT_ABORT,
@@ -95,14 +96,10 @@ class Attempt:
         return replace(self, address=address)
 
 
-def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Callable[[Any, Any], None], ...]:
-    return tuple(getattr(cls, name).__set__ for name in names)
-
-
 (_a_scheme, _a_address, _a_port, _a_path, _a_authority, _a_headers, _a_timeout,
- _a_connect_timeout, _a_cluster, _a_endpoint, _a_tls) = _slot_setters(
-    Attempt, ("scheme", "address", "port", "path", "authority", "headers", "timeout",
-              "connect_timeout", "cluster", "endpoint", "tls"))
+ _a_connect_timeout, _a_cluster, _a_endpoint, _a_tls) = slot_setters(
+    Attempt, "scheme", "address", "port", "path", "authority", "headers", "timeout",
+    "connect_timeout", "cluster", "endpoint", "tls")
 
 
 def _attempt(scheme: str, address: str, port: int, path: str, authority: str,
@@ -347,7 +344,10 @@ def call_flow(ctx: CallContext) -> Generator[Effect, AttemptResult | None, CallR
         yield from _mirrors(ctx, decision, path, authority, base_headers)
 
     policy = plan.policy
-    deadline = _deadline(ctx, route.timeout if route is not None else None)
+    route_timeout = route.timeout if route is not None else None
+    deadline = ctx.clock() + route_timeout if route_timeout else None
+    if ctx.deadline is not None:  # the inbound request's: the smaller one holds
+        deadline = ctx.deadline if deadline is None else min(deadline, ctx.deadline)
     tried: list[Endpoint] = []
     retries = 0
     state = _CallState()
@@ -376,14 +376,18 @@ def call_flow(ctx: CallContext) -> Generator[Effect, AttemptResult | None, CallR
             if state.budgeted is None:
                 state.budgeted = cluster
                 cluster.budget.on_request()
-            per_try = _min(policy.per_try_timeout, remaining)
+            per_try = policy.per_try_timeout
+            if remaining is not None and (per_try is None or remaining < per_try):
+                per_try = remaining
+            connect_timeout = cluster.limits.connect_timeout
+            if per_try is not None and (connect_timeout is None or per_try < connect_timeout):
+                connect_timeout = per_try
             headers = _attempt_headers(plan.request_ops, base_headers, per_try, req.grpc)
             tls = cluster.tls_for(endpoint, ctx.mesh, ctx.identity)
             attempt = _attempt(
-                "https" if tls is not None else _scheme(cluster, req), endpoint.address,
-                endpoint.port, path, authority, headers, per_try,
-                _min(cluster.limits.connect_timeout, per_try) or 10.0, cluster.name,
-                endpoint, tls)
+                "https" if tls is not None else cluster.scheme or req.scheme, endpoint.address,
+                endpoint.port, path, authority, headers, per_try, connect_timeout or 10.0,
+                cluster.name, endpoint, tls)
             cluster.balancer.started(endpoint)
             in_flight = (cluster, endpoint)
             result = yield Send(attempt)
@@ -429,19 +433,6 @@ def call_flow(ctx: CallContext) -> Generator[Effect, AttemptResult | None, CallR
 # --- pieces of the flow ------------------------------------------------------------------
 
 
-def _min(a: float | None, b: float | None) -> float | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return min(a, b)
-
-
-def _deadline(ctx: CallContext, route_timeout: float | None) -> float | None:
-    own = None if not route_timeout else ctx.clock() + route_timeout
-    return _min(own, ctx.deadline)
-
-
 def _forward_headers(req: RequestView) -> list[tuple[str, str]]:
     return [(k, v) for k, v in req.headers.items() if k not in _DROP]
 
@@ -459,17 +450,6 @@ def _attempt_headers(request_ops: tuple[HeaderOperations, ...],
         headers = [(k, v) for k, v in (*headers, timeout) if k != GRPC_TIMEOUT_HEADER]
         headers.append((GRPC_TIMEOUT_HEADER, format_grpc_timeout(per_try)))
     return tuple(headers)
-
-
-def _scheme(cluster: Cluster, req: RequestView) -> str:
-    """Plain HTTP unless the service port speaks TLS (TLS origination comes with security)."""
-    service = cluster.service
-    if service is not None:
-        sp = service.port(cluster.key.port)
-        if sp is not None and sp.protocol in ("HTTPS", "TLS"):
-            return "https"
-        return "http"
-    return req.scheme
 
 
 def _choose(ctx: CallContext, decision: RouteDecision, target: Target | None,
@@ -565,7 +545,8 @@ def _mirrors(ctx: CallContext, decision: RouteDecision, path: str, authority: st
         if endpoint is None:
             continue
         out.append(Mirror(Attempt(
-            scheme=_scheme(cluster, ctx.request), address=endpoint.address, port=endpoint.port,
+            scheme=cluster.scheme or ctx.request.scheme, address=endpoint.address,
+            port=endpoint.port,
             path=path, authority=authority, headers=tuple(headers), timeout=None,
             connect_timeout=cluster.limits.connect_timeout, cluster=cluster.name,
             endpoint=endpoint)))

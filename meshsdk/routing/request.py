@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from meshsdk.frozen import slot_setters
 from meshsdk.workload import Workload
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -107,7 +108,6 @@ def _port_of(authority: str, url_scheme: str) -> int | None:
 
 
 (_set_method, _set_scheme, _set_authority, _set_path, _set_query, _set_headers, _set_port,
- _set_source, _set_grpc) = (
-    getattr(RequestView, name).__set__
-    for name in ("method", "scheme", "authority", "path", "query", "headers", "port",
-                 "source", "grpc"))
+ _set_source, _set_grpc) = slot_setters(
+    RequestView, "method", "scheme", "authority", "path", "query", "headers", "port",
+    "source", "grpc")

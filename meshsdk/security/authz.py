@@ -67,6 +67,7 @@ from meshsdk.config.mesh import (
 )
 from meshsdk.config.resource import Config, Resource
 from meshsdk.config.selection import policies_for
+from meshsdk.frozen import slot_setters
 
 __all__ = [
     "DENIED_BODY",
@@ -231,12 +232,11 @@ _GIVEN = tuple(f.name for f in fields(AuthzRequest) if f.init)
  _set_source_ip, _set_remote_ip, _set_destination_ip, _set_destination_port, _set_host,
  _set_method, _set_path, _set_query, _set_headers, _set_sni, _set_grpc, _set_tcp,
  _set_namespace, _set_trust_domain, _set_service_account, _set_host_lower, _set_issuer,
- _set_subject) = (
-    getattr(AuthzRequest, name).__set__
-    for name in ("principal", "request_principal", "claims", "audiences", "presenter",
-                 "source_ip", "remote_ip", "destination_ip", "destination_port", "host",
-                 "method", "path", "query", "headers", "sni", "grpc", "tcp", "namespace",
-                 "trust_domain", "service_account", "host_lower", "issuer", "subject"))
+ _set_subject) = slot_setters(
+    AuthzRequest, "principal", "request_principal", "claims", "audiences", "presenter",
+    "source_ip", "remote_ip", "destination_ip", "destination_port", "host", "method",
+    "path", "query", "headers", "sni", "grpc", "tcp", "namespace", "trust_domain",
+    "service_account", "host_lower", "issuer", "subject")
 
 
 def _strings(value: Any) -> tuple[str, ...]:

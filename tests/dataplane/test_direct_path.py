@@ -165,3 +165,14 @@ def test_non_ascii_request_headers_go_out_byte_for_byte(mode: str,
         [mirrored] = [{k: v.encode("latin-1") for k, v in r.headers.items()}
                       for r in shadow.requests]
         assert (mirrored["end-user"], mirrored["x-note"]) == (utf8, utf8)
+
+
+def test_header_items_is_multi_items() -> None:
+    import httpx
+
+    from meshsdk.transport.common import header_items
+
+    for raw in ([(b"Host", b"a"), (b"X-A", b"1"), (b"x-a", b"2")],
+                [(b"X-Name", "José".encode())], [(b"X-Name", "Zoë".encode("latin-1"))]):
+        headers = httpx.Headers(raw)
+        assert header_items(headers) == headers.multi_items()
