@@ -23,8 +23,8 @@ item; CPU by ``time.process_time`` per block):
 
 The floor: the drainer thread records while the caller waits on its socket with the
 interpreter lock released, so at best the SDK's work hides in that wait (bare
-latency minus bare CPU). What does not fit lands on the caller:
-``floor p50 = bare p50 + max(0, sdk - (bare p50 - bare CPU))``. That assumes the
+latency minus bare CPU, both means). What does not fit lands on the caller:
+``floor p50 = bare p50 + max(0, sdk - (bare mean - bare CPU))``. That assumes the
 whole mesh, tracing, propagation and meshsdk's own telemetry cost nothing, and a
 perfect overlap; it is a lower bound on the telemetry column, not an estimate of it.
 
@@ -159,12 +159,13 @@ def measure(args: argparse.Namespace, port: int) -> int:
     bare_p50 = percentile(bare_ns, 50)
     bare_cpu_us = bare_cpu / len(bare_ns) * 1e6
     sdk_p50 = percentile(sdk_ns, 50)
-    wait = max(bare_p50 - bare_cpu_us, 0.0)
+    bare_mean = sum(bare_ns) / len(bare_ns) / 1000
+    wait = max(bare_mean - bare_cpu_us, 0.0)  # means: CPU per call is one
     floor = bare_p50 + max(0.0, sdk_p50 - wait)
     print(f"Python {platform.python_version()}, httpx {httpx.__version__}; "
           f"{len(bare_ns)} bare GETs and {len(sdk_ns)} SDK rounds in {args.blocks} blocks")
-    print(f"bare httpx:  p50 {bare_p50:8.1f} us   CPU {bare_cpu_us:8.1f} us/call   "
-          f"wait (p50 - CPU) {wait:6.1f} us")
+    print(f"bare httpx:  p50 {bare_p50:8.1f} us   mean {bare_mean:8.1f} us   "
+          f"CPU {bare_cpu_us:8.1f} us/call   wait (mean - CPU) {wait:6.1f} us")
     print(f"OTel SDK:    p50 {sdk_p50:8.1f} us per call's measurements "
           f"({sdk_p50 / bare_p50:.2f}x of a bare call)")
     print(f"floor of the telemetry column: p50 >= {floor:.1f} us = {floor / bare_p50:.2f}x "
