@@ -223,9 +223,10 @@ class Mesh:
             call = self.telemetry.outbound(method, scheme, authority, raw, items)
         view = RequestView.build(method, scheme, authority, path, query,
                                  items, source=self.workload, lowered=lowered)
+        # positional, in field order (request, snapshot, view, clusters, clock, rng,
+        # replayable, deadline, source_ip, identity): binding keywords costs per call
         ctx = CallContext(view, state.snapshot, state.view, self._clusters, self._clock,
-                          self._rng, replayable=replay, deadline=deadline,
-                          identity=self.identity is not None)
+                          self._rng, replay, deadline, None, self.identity is not None)
         return call_flow(ctx), call
 
     def _observe(self, request: httpx.Request, result: CallResult, info: CallInfo) -> None:

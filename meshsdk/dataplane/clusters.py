@@ -61,6 +61,7 @@ class Cluster:
         # TLS to open, per "endpoint speaks mesh mTLS" (the only endpoint fact it reads)
         self._tls: dict[bool, TlsOrigination | None] = {}
         self.scheme: str | None = None  # of the service port; None: the request's
+        self.hashing: Any = None  # the LoadBalancerSettings when it hashes requests
 
     def refresh(self, snapshot: Snapshot, service: Service | None, policy: Any,
                 endpoints: tuple[Endpoint, ...]) -> None:
@@ -72,6 +73,7 @@ class Cluster:
             return
         self.policy = policy
         lb = getattr(policy, "load_balancer", None)
+        self.hashing = lb if lb is not None and lb.consistent_hash is not None else None
         if lb != self._lb_settings or self._lb_settings is None:
             self.balancer = make_balancer(lb, self._rng)
             self._lb_settings = lb

@@ -55,7 +55,8 @@ from meshsdk.routing.rewrite import (
     apply_header_operations,
     request_header_operations,
     response_header_operations,
-    rewrite_request,
+    rewrite_authority,
+    rewrite_path,
 )
 from meshsdk.routing.router import RouteDecision, Target, decide, pick_target
 from meshsdk.security.origination import TlsOrigination
@@ -219,6 +220,7 @@ class _Plan:
     :func:`~meshsdk.resilience.retry.cached_retry_policy`)."""
 
     __slots__ = (
+        "authority",
         "decision",
         "mesh",
         "mirrors",
@@ -239,6 +241,7 @@ class _Plan:
     request_ops: tuple[HeaderOperations, ...]
     response_work: bool            # response header operations or CORS apply
     mirrors: bool                  # the route mirrors (mirror or mirrors[])
+    authority: str | None          # the route's or target's new authority (rewrite_authority)
 
 
 _PLAN_LIMIT = 1024
@@ -272,6 +275,7 @@ def _plan(ctx: CallContext, decision: RouteDecision, target: Target | None) -> _
         response_ops = []
     plan.response_work = bool(response_ops) or decision.cors is not None
     plan.mirrors = route is not None and (route.mirror is not None or bool(route.mirrors))
+    plan.authority = rewrite_authority(decision, target)
     if len(_plans) >= _PLAN_LIMIT:
         _plans.clear()
     _plans[key] = plan
@@ -336,8 +340,8 @@ def call_flow(ctx: CallContext) -> Generator[Effect, AttemptResult | None, CallR
         return _local(LocalReply.text(503, NO_HEALTHY_UPSTREAM, Flag.NO_HEALTHY_UPSTREAM),
                       decision, tuple(flags))
     plan = _plan(ctx, decision, target)
-    path, new_authority = rewrite_request(decision, req, target)
-    authority = new_authority or req.authority
+    path = rewrite_path(decision, req)
+    authority = plan.authority or req.authority
     base_headers = _forward_headers(req)
 
     if plan.mirrors:
@@ -475,7 +479,8 @@ def _choose(ctx: CallContext, decision: RouteDecision, target: Target | None,
         healthy = locality_preference(healthy, locality, setting,
                                       failover_enabled=cluster.outlier is not None) or healthy
     avoid = tried if policy.ignore_previous_hosts else ()
-    key = hash_key(getattr(cluster.policy, "load_balancer", None), ctx.request, ctx.source_ip)
+    key = (hash_key(cluster.hashing, ctx.request, ctx.source_ip)
+           if cluster.hashing is not None else None)
     endpoint = cluster.balancer.pick(healthy, hash_key=key, avoid=avoid)
     if endpoint is None:  # PASSTHROUGH load balancing: the original destination
         raw_host, raw_port = split_host_port(ctx.request.authority)

@@ -296,6 +296,11 @@ class OutlierDetector:
         docs). Returns the same tuple object while nothing changes, so callers can cache
         by identity."""
         now = self._clock()
+        if (endpoints is self._members_of and not self._ejected and now < self._next_tick
+                and isinstance(endpoints, tuple)):
+            # Nothing ejected, nothing due, the same endpoints: nothing to read under the
+            # lock (an ejection racing in orders after this call, as the lock could have).
+            return endpoints
         with self._lock:
             if now >= self._next_tick:
                 self._advance(now)

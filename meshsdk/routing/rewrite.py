@@ -67,10 +67,15 @@ def rewrite_request(decision: RouteDecision, req: RequestView,
     ``target`` (the destination picked by :func:`~meshsdk.routing.router.pick_target`)
     adds destination-level authority rewrites (``headers.request.set[":authority"]``).
     """
+    return rewrite_path(decision, req), rewrite_authority(decision, target)
+
+
+def rewrite_path(decision: RouteDecision, req: RequestView) -> str:
+    """The path to send upstream, with ``?query`` when the request has one (the path
+    part of :func:`rewrite_request`)."""
     path = request_path(req)
     query = request_query(req)
     route = decision.route
-    authority: str | None = None
     if route is not None:
         rw = route.rewrite
         if rw is not None:
@@ -79,10 +84,19 @@ def rewrite_request(decision: RouteDecision, req: RequestView,
                 path = regex_replace_all(regex.match, regex.rewrite, path)
             elif rw.uri:
                 path = rw.uri + path[matched_length(decision.matched, path):]
+    return f"{path}?{query}" if query else path
+
+
+def rewrite_authority(decision: RouteDecision, target: Target | None = None) -> str | None:
+    """The new authority, or None to keep the caller's (the authority part of
+    :func:`rewrite_request`); depends on the route and target only."""
+    route = decision.route
+    authority: str | None = None
+    if route is not None:
         authority = route_authority(route) or None
     if authority is None and target is not None:
         authority = headers_authority(target.headers) or None
-    return (f"{path}?{query}" if query else path), authority
+    return authority
 
 
 def headers_authority(headers: Headers | None) -> str:
@@ -460,6 +474,8 @@ __all__ = [
     "request_header_operations",
     "request_url",
     "response_header_operations",
+    "rewrite_authority",
+    "rewrite_path",
     "rewrite_request",
     "route_authority",
 ]

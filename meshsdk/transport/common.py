@@ -113,17 +113,25 @@ def _url(text: str) -> httpx.URL:
     return url
 
 
+def _capped(mine: float | None, given: float | None) -> float | None:
+    """The smaller limit; None is no limit."""
+    if given is None:
+        return mine
+    return given if mine is None or given < mine else mine
+
+
 def _target(attempt: Attempt, request: httpx.Request, address: str | None
             ) -> tuple[str, dict[str, Any]]:
     """The URL text and request extensions (timeouts, TLS server name) of one attempt."""
     t = attempt.timeout
-    timeout = {"connect": attempt.connect_timeout, "read": t, "write": t, "pool": t}
     given = request.extensions.get("timeout")
     if given:
-        for key, value in given.items():
-            if value is not None and key in timeout:
-                mine = timeout[key]
-                timeout[key] = value if mine is None else min(mine, value)
+        timeout = {"connect": _capped(attempt.connect_timeout, given.get("connect")),
+                   "read": _capped(t, given.get("read")),
+                   "write": _capped(t, given.get("write")),
+                   "pool": _capped(t, given.get("pool"))}
+    else:
+        timeout = {"connect": attempt.connect_timeout, "read": t, "write": t, "pool": t}
     extensions: dict[str, Any] = {"timeout": timeout}
     url = attempt.url
     if address is not None and address != attempt.address:
@@ -252,7 +260,10 @@ def classify_core_exception(exc: Exception) -> Outcome:
 
 def classify_core_response(response: httpcore.Response) -> AttemptResult:
     """:func:`classify_response` on the raw head of an httpcore response."""
-    grpc = b", ".join([v for k, v in response.headers if k.lower() == b"grpc-status"])
+    grpc = b""
+    for k, v in response.headers:
+        if len(k) == 11 and k.lower() == b"grpc-status":  # len first: most names differ
+            grpc = v if not grpc else grpc + b", " + v
     if grpc:
         return AttemptResult(Outcome(status=response.status,
                                      grpc_status=int(grpc) if grpc.isdigit() else None),
@@ -445,7 +456,7 @@ class ReleasingStream(_Releasing, httpx.SyncByteStream):
 
     def __iter__(self) -> Iterator[bytes]:
         stream = self._inner.stream
-        if not isinstance(stream, Iterable):
+        if not hasattr(stream, "__iter__"):  # not the Iterable ABC: its check costs more
             raise RuntimeError("Attempted to call a sync iterator on an async stream.")
         with _mapped(self._inner):
             for chunk in stream:
