@@ -65,8 +65,10 @@ import base64
 import binascii
 import random
 import weakref
+from bisect import bisect_right
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import accumulate
 
 from meshsdk.config.hosts import expand_host
 from meshsdk.config.kinds.virtual_service import (
@@ -125,6 +127,11 @@ class RouteDecision:
     #                                 404 NR, 502 block_all, CORS preflight)
     passthrough: bool = False      # ALLOW_ANY, unknown host: forward to the original authority
     cors: CorsPolicy | None = None  # the route's CORS policy, when the route forwards traffic
+    bounds: tuple[float, ...] = field(init=False, repr=False, compare=False)
+    """Running sums of ``shares`` (derived): :func:`pick_target` bisects them."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bounds", tuple(accumulate(self.shares)))
 
 
 # --- compiled tables -----------------------------------------------------------------
@@ -420,17 +427,15 @@ def pick_target(decision: RouteDecision, rng: random.Random) -> Target | None:
     shares = decision.shares
     if count == 1:
         return targets[0] if shares[0] > 0 else None
-    draw = rng.random()
-    total = 0.0
-    last: Target | None = None
-    for target, share in zip(targets, shares, strict=False):
-        if share <= 0:
-            continue
-        total += share
-        last = target
-        if draw < total:
-            return target
-    return last  # float rounding left the draw just above the sum
+    # the first target whose running sum exceeds the draw (a 0 share adds no width,
+    # so it is never picked); the sums are the loop's own additions, in its order
+    i = bisect_right(decision.bounds, rng.random())
+    if i < count:
+        return targets[i]
+    for target, share in zip(reversed(targets), reversed(shares), strict=True):
+        if share > 0:
+            return target  # float rounding left the draw just above the sum
+    return None
 
 
 __all__ = [

@@ -113,23 +113,24 @@ def _url(text: str) -> httpx.URL:
     return url
 
 
-def _capped(mine: float | None, given: float | None) -> float | None:
-    """The smaller limit; None is no limit."""
-    if given is None:
-        return mine
-    return given if mine is None or given < mine else mine
-
-
 def _target(attempt: Attempt, request: httpx.Request, address: str | None
             ) -> tuple[str, dict[str, Any]]:
     """The URL text and request extensions (timeouts, TLS server name) of one attempt."""
     t = attempt.timeout
     given = request.extensions.get("timeout")
-    if given:
-        timeout = {"connect": _capped(attempt.connect_timeout, given.get("connect")),
-                   "read": _capped(t, given.get("read")),
-                   "write": _capped(t, given.get("write")),
-                   "pool": _capped(t, given.get("pool"))}
+    if given:  # each part the caller gave caps ours (written out: once per attempt)
+        connect, read, write, pool = (attempt.connect_timeout, given.get("read"),
+                                      given.get("write"), given.get("pool"))
+        g = given.get("connect")
+        if g is not None and (connect is None or g < connect):
+            connect = g
+        if read is None or (t is not None and t < read):
+            read = t
+        if write is None or (t is not None and t < write):
+            write = t
+        if pool is None or (t is not None and t < pool):
+            pool = t
+        timeout = {"connect": connect, "read": read, "write": write, "pool": pool}
     else:
         timeout = {"connect": attempt.connect_timeout, "read": t, "write": t, "pool": t}
     extensions: dict[str, Any] = {"timeout": timeout}
