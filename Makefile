@@ -47,6 +47,7 @@ test: lint typecheck pytest
 bench: dev
 	$(PY) bench/config_load.py
 	$(PY) bench/sdk_overhead.py
+	$(PY) bench/otel_sdk_floor.py
 	$(PY) bench/security.py
 	$(PY) bench/middleware_overhead.py
 	$(PY) bench/controlplane_scale.py
