@@ -31,9 +31,12 @@ outlier detection). Variants:
 
 Per call = (Ir of a run with ``calls + 50`` calls - Ir of a run with 50) / ``calls``,
 after 100 warm-up calls in both, so start-up and imports cancel out. Random sources
-and string hashing are seeded, so a count repeats to within a few hundred
-instructions per call (what is left follows the clock: retry-budget windows and
-outlier-detection intervals roll with time). Needs valgrind
+and string hashing are seeded, so counts repeat closely: two runs a minute apart agreed
+to a few hundred instructions per call, but runs hours apart on the same code moved by
+up to about 10,000 (bare httpx: 756,927 - 766,273), and a run on a loaded machine can be
+plainly wrong (what follows the clock: retry-budget windows and outlier-detection
+intervals roll with time, and valgrind runs slowly). Compare variants from one run, or
+differences well above 10,000; rerun anything surprising on a quiet machine. Needs valgrind
 (Debian's ``valgrind``); one and a half to two minutes per variant. Not a test.
 """
 
