@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from meshsdk.config.hosts import split_host_port
 from meshsdk.frozen import slot_setters
 from meshsdk.workload import Workload
 
@@ -90,15 +91,7 @@ def _port_of(authority: str, url_scheme: str) -> int | None:
     key = (authority, url_scheme)
     if key in _ports:
         return _ports[key]
-    host = authority.lower()
-    port: int | None = None
-    if host.startswith("["):
-        end = host.find("]")
-        rest = host[end + 1:]
-        port = int(rest[1:]) if rest[1:].isdigit() else None
-    elif host.count(":") == 1:
-        tail = host.rpartition(":")[2]
-        port = int(tail) if tail.isdigit() else None
+    port = split_host_port(authority)[1]
     if port is None:
         port = _DEFAULT_PORTS.get(url_scheme.lower())
     if len(_ports) >= _PORT_CACHE_LIMIT:

@@ -265,19 +265,19 @@ def classify_core_response(response: httpcore.Response) -> AttemptResult:
     for k, v in response.headers:
         if len(k) == 11 and k.lower() == b"grpc-status":  # len first: most names differ
             grpc = v if not grpc else grpc + b", " + v
-    if grpc:
-        return AttemptResult(Outcome(status=response.status,
-                                     grpc_status=int(grpc) if grpc.isdigit() else None),
-                             response)
-    return AttemptResult(status_outcome(response.status), response)
+    return AttemptResult(status_outcome(response.status, grpc), response)
 
 
 _STATUS_OUTCOMES: dict[int, Outcome] = {}
 
 
-def status_outcome(status: int) -> Outcome:
-    """``Outcome(status=status)``, one shared object per status code (outcomes are
-    frozen): a response without a gRPC status is classified by a dict lookup."""
+def status_outcome(status: int, grpc_status: str | bytes = "") -> Outcome:
+    """The outcome of a response with ``status`` and the text of its ``grpc-status``
+    header(s) (empty: none). Without a gRPC status, one shared object per status code
+    (outcomes are frozen): the common case is a dict lookup."""
+    if grpc_status:
+        return Outcome(status=status,
+                       grpc_status=int(grpc_status) if grpc_status.isdigit() else None)
     outcome = _STATUS_OUTCOMES.get(status)
     if outcome is None:
         outcome = Outcome(status=status)
@@ -323,11 +323,7 @@ def classify_response(response: httpx.Response) -> AttemptResult:
     # get_list, not get: Headers.get raises and catches KeyError when the header is
     # absent, the common case
     grpc = ", ".join(response.headers.get_list("grpc-status"))
-    if grpc:
-        return AttemptResult(Outcome(status=response.status_code,
-                                     grpc_status=int(grpc) if grpc.isdigit() else None),
-                             response)
-    return AttemptResult(status_outcome(response.status_code), response)
+    return AttemptResult(status_outcome(response.status_code, grpc), response)
 
 
 (_i_flags, _i_attempts, _i_route, _i_cluster, _i_upstream, _i_local_reply) = slot_setters(
