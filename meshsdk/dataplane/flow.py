@@ -28,7 +28,6 @@ from meshsdk.config.mesh import MeshConfig
 from meshsdk.config.snapshot import ClientView, Endpoint, Service, Snapshot
 from meshsdk.dataplane.clusters import Cluster, ClusterRegistry
 from meshsdk.deadline import ENVOY_TIMEOUT_HEADER, GRPC_TIMEOUT_HEADER, format_grpc_timeout
-from meshsdk.frozen import slot_setters
 from meshsdk.outcome import (
     CONNECT_FAILURE,
     FAULT_ABORT,
@@ -71,9 +70,13 @@ _DROP = frozenset({"host", "connection", "keep-alive", "proxy-connection", "upgr
 # --- effects the flow yields ------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Attempt:
-    """One request to send: where, with which head, within which time."""
+    """One request to send: where, with which head, within which time.
+
+    Treat as read-only. Not ``frozen``: one is built on every call, and a frozen
+    dataclass's ``__init__`` stores each field through ``object.__setattr__``, which
+    cost more than the rest of building the attempt."""
 
     scheme: str
     address: str
@@ -95,34 +98,6 @@ class Attempt:
     def with_address(self, address: str) -> Attempt:
         """The same attempt aimed at a resolved address (the driver's DNS step)."""
         return replace(self, address=address)
-
-
-(_a_scheme, _a_address, _a_port, _a_path, _a_authority, _a_headers, _a_timeout,
- _a_connect_timeout, _a_cluster, _a_endpoint, _a_tls) = slot_setters(
-    Attempt, "scheme", "address", "port", "path", "authority", "headers", "timeout",
-    "connect_timeout", "cluster", "endpoint", "tls")
-
-
-def _attempt(scheme: str, address: str, port: int, path: str, authority: str,
-             headers: tuple[tuple[str, str], ...], timeout: float | None,
-             connect_timeout: float, cluster: str, endpoint: Endpoint | None,
-             tls: TlsOrigination | None = None) -> Attempt:
-    """``Attempt(...)`` without the frozen dataclass's ``__init__`` (ten
-    ``object.__setattr__`` calls through a generic path, the costlier part of building
-    one per call): the same slots set through their descriptors, the same frozen object."""
-    a: Attempt = object.__new__(Attempt)
-    _a_scheme(a, scheme)
-    _a_address(a, address)
-    _a_port(a, port)
-    _a_path(a, path)
-    _a_authority(a, authority)
-    _a_headers(a, headers)
-    _a_timeout(a, timeout)
-    _a_connect_timeout(a, connect_timeout)
-    _a_cluster(a, cluster)
-    _a_endpoint(a, endpoint)
-    _a_tls(a, tls)
-    return a
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,7 +363,7 @@ def call_flow(ctx: CallContext) -> Generator[Effect, AttemptResult | None, CallR
                 connect_timeout = per_try
             headers = _attempt_headers(plan.request_ops, base_headers, per_try, req.grpc)
             tls = cluster.tls_for(endpoint, ctx.mesh, ctx.identity)
-            attempt = _attempt(
+            attempt = Attempt(
                 "https" if tls is not None else cluster.scheme or req.scheme, endpoint.address,
                 endpoint.port, path, authority, headers, per_try, connect_timeout or 10.0,
                 cluster.name, endpoint, tls)

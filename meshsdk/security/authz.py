@@ -67,7 +67,6 @@ from meshsdk.config.mesh import (
 )
 from meshsdk.config.resource import Config, Resource
 from meshsdk.config.selection import policies_for
-from meshsdk.frozen import slot_setters
 
 __all__ = [
     "DENIED_BODY",
@@ -104,7 +103,7 @@ _CLUSTER_LOCAL = "cluster.local"
 # --- the request ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True, init=False)
+@dataclass(slots=True, kw_only=True, init=False)
 class AuthzRequest:
     """Everything an authorization decision reads about one request or connection.
 
@@ -115,7 +114,8 @@ class AuthzRequest:
     ``query``, because policies match the path alone. ``audiences``/``presenter``
     default to the ``aud``/``azp`` claims. ``remote_ip`` (the original client, from
     X-Forwarded-For or PROXY protocol) defaults to ``source_ip`` (the direct peer).
-    ``headers`` have lower-case names, repeated headers joined with ``,``.
+    ``headers`` have lower-case names, repeated headers joined with ``,``. Treat as
+    read-only (see ``__init__`` for why it is not frozen).
     """
 
     principal: str | None = None
@@ -160,10 +160,9 @@ class AuthzRequest:
                  destination_port: int | None = None, host: str = "", method: str = "",
                  path: str = "", query: str = "", headers: Mapping[str, str] = _EMPTY_MAP,
                  sni: str | None = None, grpc: bool = False, tcp: bool = False) -> None:
-        # Written by hand, not generated: a frozen dataclass's __init__ stores each of
-        # the 23 fields with object.__setattr__, which was most of an inbound request's
-        # authorization cost. The slots' own descriptors store without the frozen check
-        # at half that cost (the same trick as RequestView.build).
+        # Written by hand to derive the peer's parts once. The class is not frozen: a
+        # frozen dataclass stores each of the 23 fields with object.__setattr__, which
+        # was most of an inbound request's authorization cost; treat it as read-only.
         if principal is not None and principal.startswith(_SPIFFE):
             principal = principal[len(_SPIFFE):]
         td = ns = sa = None
@@ -190,29 +189,29 @@ class AuthzRequest:
             iss, sub = claims.get("iss"), claims.get("sub")
             if not (isinstance(iss, str) and isinstance(sub, str)):
                 iss, _, sub = request_principal.rpartition("/")
-        _set_principal(self, principal)
-        _set_request_principal(self, request_principal)
-        _set_claims(self, claims)
-        _set_audiences(self, audiences)
-        _set_presenter(self, presenter)
-        _set_source_ip(self, source_ip)
-        _set_remote_ip(self, remote_ip)
-        _set_destination_ip(self, destination_ip)
-        _set_destination_port(self, destination_port)
-        _set_host(self, host)
-        _set_method(self, method)
-        _set_path(self, path)
-        _set_query(self, query)
-        _set_headers(self, headers)
-        _set_sni(self, sni)
-        _set_grpc(self, grpc)
-        _set_tcp(self, tcp)
-        _set_namespace(self, ns)
-        _set_trust_domain(self, td)
-        _set_service_account(self, f"{ns}/{sa}" if ns is not None and sa is not None else None)
-        _set_host_lower(self, host.lower())
-        _set_issuer(self, iss)
-        _set_subject(self, sub)
+        self.principal = principal
+        self.request_principal = request_principal
+        self.claims = claims
+        self.audiences = audiences
+        self.presenter = presenter
+        self.source_ip = source_ip
+        self.remote_ip = remote_ip
+        self.destination_ip = destination_ip
+        self.destination_port = destination_port
+        self.host = host
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.sni = sni
+        self.grpc = grpc
+        self.tcp = tcp
+        self.namespace = ns
+        self.trust_domain = td
+        self.service_account = f"{ns}/{sa}" if ns is not None and sa is not None else None
+        self.host_lower = host.lower()
+        self.issuer = iss
+        self.subject = sub
 
     def __post_init__(self) -> None:
         """Only for dataclass subclasses, whose generated ``__init__`` stores the given
@@ -227,17 +226,6 @@ class AuthzRequest:
 
 _GIVEN = tuple(f.name for f in fields(AuthzRequest) if f.init)
 """The fields an AuthzRequest is made from (the others are derived)."""
-
-(_set_principal, _set_request_principal, _set_claims, _set_audiences, _set_presenter,
- _set_source_ip, _set_remote_ip, _set_destination_ip, _set_destination_port, _set_host,
- _set_method, _set_path, _set_query, _set_headers, _set_sni, _set_grpc, _set_tcp,
- _set_namespace, _set_trust_domain, _set_service_account, _set_host_lower, _set_issuer,
- _set_subject) = slot_setters(
-    AuthzRequest, "principal", "request_principal", "claims", "audiences", "presenter",
-    "source_ip", "remote_ip", "destination_ip", "destination_port", "host", "method",
-    "path", "query", "headers", "sni", "grpc", "tcp", "namespace", "trust_domain",
-    "service_account", "host_lower", "issuer", "subject")
-
 
 def _strings(value: Any) -> tuple[str, ...]:
     """A claim that is a string or a list of strings, as a tuple of its strings."""

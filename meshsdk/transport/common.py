@@ -24,7 +24,6 @@ except ImportError:  # pragma: no cover
     _DIRECT = False
 
 from meshsdk.dataplane.flow import Attempt, AttemptResult, CallResult
-from meshsdk.frozen import slot_setters
 from meshsdk.outcome import Failure, Flag, LocalReply, Outcome, format_flags
 
 if TYPE_CHECKING:
@@ -38,9 +37,12 @@ MAX_REPLAY_BYTES = 1 << 20
 about as much); larger or streamed bodies are sent once and never retried."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CallInfo:
-    """What the mesh did with a call, for the caller, telemetry and access logs."""
+    """What the mesh did with a call, for the caller, telemetry and access logs.
+
+    Treat as read-only. Not ``frozen``, for the cost of building one per call (see
+    :class:`~meshsdk.dataplane.flow.Attempt`)."""
 
     flags: tuple[Flag, ...]
     attempts: int
@@ -326,21 +328,12 @@ def classify_response(response: httpx.Response) -> AttemptResult:
     return AttemptResult(status_outcome(response.status_code, grpc), response)
 
 
-(_i_flags, _i_attempts, _i_route, _i_cluster, _i_upstream, _i_local_reply) = slot_setters(
-    CallInfo, "flags", "attempts", "route", "cluster", "upstream", "local_reply")
-
-
 def call_info(result: CallResult) -> CallInfo:
-    """The caller's summary of a verdict (built by slot stores: one per call)."""
-    info: CallInfo = object.__new__(CallInfo)
-    _i_flags(info, result.flags)
-    _i_attempts(info, result.attempts)
-    _i_route(info, result.route_name)
-    _i_cluster(info, result.cluster)
+    """The caller's summary of a verdict."""
     endpoint = result.endpoint
-    _i_upstream(info, endpoint.authority if endpoint is not None else None)
-    _i_local_reply(info, result.local_reply is not None)
-    return info
+    return CallInfo(result.flags, result.attempts, result.route_name, result.cluster,
+                    endpoint.authority if endpoint is not None else None,
+                    result.local_reply is not None)
 
 
 def local_response(reply: LocalReply, request: httpx.Request, info: CallInfo) -> httpx.Response:
