@@ -187,11 +187,13 @@ class Mesh:
         if len(lookup) == len(items):  # no repeated names: the dict answers for the list
             authority = lookup.get("host") or url.netloc.decode("ascii", "replace")
             replay = replayable_length(request, lookup.get("content-length"))
-        else:
-            authority = header_value(items, "host") or url.netloc.decode("ascii", "replace")
-            replay = replayable(request, items)
+            return self._start(state, request.method, url.scheme, authority, raw, path,
+                               query, items, replay, _deadline_now(self._clock),
+                               lowered=True, lookup=lookup)
+        authority = header_value(items, "host") or url.netloc.decode("ascii", "replace")
         return self._start(state, request.method, url.scheme, authority, raw, path, query,
-                           items, replay, _deadline_now(self._clock), lowered=True)
+                           items, replayable(request, items), _deadline_now(self._clock),
+                           lowered=True)
 
     def start_call(self, method: str, scheme: str, authority: str, target: str,
                    headers: list[tuple[str, str]], *, replayable: bool = True,
@@ -215,23 +217,23 @@ class Mesh:
 
     def _start(self, state: _State, method: str, scheme: str, authority: str, raw: str,
                path: str, query: str, items: list[tuple[str, str]], replay: bool,
-               deadline: float | None, *, lowered: bool = False
+               deadline: float | None, *, lowered: bool = False,
+               lookup: dict[str, str] | None = None
                ) -> tuple[Generator[Effect, AttemptResult | None, CallResult],
                           OutboundCall | None]:
+        """``lookup``: ``dict(items)`` when the caller has it and no name repeats."""
         call = None
         if self.telemetry is not None:  # trace headers and x-request-id join the request
             call = self.telemetry.outbound(method, scheme, authority, raw, items)
+            lookup = None  # items grew
         view = RequestView.build(method, scheme, authority, path, query,
-                                 items, source=self.workload, lowered=lowered)
+                                 lookup if lookup is not None else items,
+                                 source=self.workload, lowered=lowered)
         # positional, in field order (request, snapshot, view, clusters, clock, rng,
         # replayable, deadline, source_ip, identity): binding keywords costs per call
         ctx = CallContext(view, state.snapshot, state.view, self._clusters, self._clock,
                           self._rng, replay, deadline, None, self.identity is not None)
         return call_flow(ctx), call
-
-    def _observe(self, request: httpx.Request, result: CallResult, info: CallInfo) -> None:
-        for observer in self._observers:
-            observer(request, result, info)
 
     # -- config service ----------------------------------------------------------------------
 

@@ -372,6 +372,10 @@ class ClientView:
         self._vs_cache: dict[str, Resource | None] = {}
         self._dr_cache: dict[tuple[str, str | None], DestinationRuleView | None] = {}
         self._policy_cache: dict[tuple[str, str | None, int | None], Any] = {}
+        self.derived: dict[object, Any] = {}
+        """What other modules compute from this view (the router's route tables),
+        keyed by an object of theirs: it lives and goes with the view, and costs one
+        dict lookup per call where a weak-keyed registry cost a Python-level call."""
 
     # Names -----------------------------------------------------------------------
 

@@ -295,7 +295,8 @@ class _CallState:
 def call_flow(ctx: CallContext) -> Generator[Effect, AttemptResult | None, CallResult]:
     """Decide and drive one outbound call; see the module docstring."""
     req = ctx.request
-    decision = decide(ctx.view, req, ctx.mesh)
+    mesh = ctx.snapshot.mesh
+    decision = decide(ctx.view, req, mesh)
     if decision.local_reply is not None:
         return _local(decision.local_reply, decision, ())
     route = decision.route
@@ -362,7 +363,7 @@ def call_flow(ctx: CallContext) -> Generator[Effect, AttemptResult | None, CallR
             if per_try is not None and (connect_timeout is None or per_try < connect_timeout):
                 connect_timeout = per_try
             headers = _attempt_headers(plan.request_ops, base_headers, per_try, req.grpc)
-            tls = cluster.tls_for(endpoint, ctx.mesh, ctx.identity)
+            tls = cluster.tls_for(endpoint, mesh, ctx.identity)
             attempt = Attempt(
                 "https" if tls is not None else cluster.scheme or req.scheme, endpoint.address,
                 endpoint.port, path, authority, headers, per_try, connect_timeout or 10.0,

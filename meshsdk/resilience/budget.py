@@ -97,9 +97,11 @@ class _Window:
         return generation
 
     def add(self, now: float, amount: int = 1) -> None:
-        generation = self._roll(now)
-        if generation < self._generation:  # the clock went back: count it as now
-            generation = self._generation
+        generation = math.floor(now / self._slot)
+        if generation != self._generation:  # a new slot (rarely): expire the old ones
+            generation = self._roll(now)
+            if generation < self._generation:  # the clock went back: count it as now
+                generation = self._generation
         self._counts[generation % _SLOTS] += amount
         self._sum += amount
 

@@ -42,21 +42,26 @@ class RequestView:
 
     @classmethod
     def build(cls, method: str, url_scheme: str, authority: str, path: str, query: str = "",
-              headers: Iterable[tuple[str, str]] = (), source: Workload | None = None,
+              headers: Iterable[tuple[str, str]] | dict[str, str] = (),
+              source: Workload | None = None,
               *, lowered: bool = False) -> RequestView:
         """Normalise raw parts: upper-case method, lower-case header names, joined repeats.
 
-        ``lowered``: ``headers`` is a list whose names are lower-case already (httpx's
-        ``multi_items()``), so a header block without repeats is one ``dict()`` call.
+        ``lowered``: the names in ``headers`` are lower-case already: a list (httpx's
+        ``multi_items()``), so a header block without repeats is one ``dict()`` call,
+        or a dict of them without repeats, used as it is (the view keeps it: it must
+        not change afterwards).
         """
         merged: dict[str, str] | None = None
-        if lowered and isinstance(headers, list):
+        if lowered and isinstance(headers, dict):
+            merged = headers
+        elif lowered and isinstance(headers, list):
             merged = dict(headers)
             if len(merged) != len(headers):  # a repeated name: join its values below
                 merged = None
         if merged is None:
             merged = {}
-            for name, value in headers:
+            for name, value in (headers.items() if isinstance(headers, dict) else headers):
                 key = name.lower()
                 merged[key] = f"{merged[key]},{value}" if key in merged else value
         port = _port_of(authority, url_scheme)

@@ -64,7 +64,6 @@ from __future__ import annotations
 import base64
 import binascii
 import random
-import weakref
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -267,16 +266,15 @@ class _ViewCache:
         return host
 
 
-_caches: weakref.WeakKeyDictionary[ClientView, _ViewCache] = weakref.WeakKeyDictionary()
-
 _NO_ROUTE_REPLY = LocalReply(404, b"", (), (Flag.NO_ROUTE,))
 _BLACKHOLE_REPLY = LocalReply(502)
 
 
 def _cache_for(view: ClientView) -> _ViewCache:
-    cache = _caches.get(view)
+    """The route tables of ``view``, kept in ``view.derived`` (made on first use)."""
+    cache: _ViewCache | None = view.derived.get(_ViewCache)
     if cache is None:
-        cache = _caches.setdefault(view, _ViewCache())
+        cache = view.derived.setdefault(_ViewCache, _ViewCache())
     return cache
 
 
@@ -391,7 +389,7 @@ def _select(view: ClientView, host: _Host, entry: _Entry, req: RequestView) -> R
 
 def decide(view: ClientView, req: RequestView, mesh: MeshConfig) -> RouteDecision:
     """Route ``req`` as the client ``view`` sees the mesh (see the module doc)."""
-    cache = _caches.get(view)
+    cache = view.derived.get(_ViewCache)
     if cache is None:
         cache = _cache_for(view)
     key = (req.authority, req.port)

@@ -95,7 +95,7 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
 
     def _response(self, result: CallResult, request: httpx.Request,
                   call: OutboundCall | None) -> httpx.Response:
-        return caller_response(result, request, self._mesh._observe, AsyncReleasingStream,
+        return caller_response(result, request, self._mesh._observers, AsyncReleasingStream,
                                call)
 
     async def aclose(self) -> None:

@@ -6,7 +6,14 @@ outcomes, and turning a :class:`~meshsdk.dataplane.flow.CallResult` into the
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -354,8 +361,27 @@ def _head(result: CallResult, raw: list[tuple[bytes, bytes]], source: httpx.Head
         if after != before:  # re-encoded as the upstream's header bytes were decoded
             return httpx.Headers(after, encoding=source.encoding)
     # unchanged: copy the bytes, no decode and re-encode
-    return httpx.Headers([(k.lower(), v) for k, v in raw],
-                         encoding=source.encoding if source is not None else None)
+    return lowered_headers(raw, source.encoding if source is not None else None)
+
+
+_HEADERS_LIST = isinstance(getattr(httpx.Headers(), "_list", None), list)
+
+
+def lowered_headers(raw: list[tuple[bytes, bytes]], encoding: str | None = None
+                    ) -> httpx.Headers:
+    """``httpx.Headers`` of an upstream's raw head with lower-case names (as Envoy
+    forwards them). Fills httpx's private ``_list`` of (name, lower name, value)
+    directly when it has one: its constructor re-checks the type of every name and
+    value, which cost half as much again as the rest of the caller's response."""
+    if not _HEADERS_LIST:  # pragma: no cover - another httpx
+        return httpx.Headers([(k.lower(), v) for k, v in raw], encoding=encoding)
+    headers = httpx.Headers(encoding=encoding)
+    items: list[tuple[bytes, bytes, bytes]] = []
+    for name, value in raw:
+        name = name.lower()
+        items.append((name, name, value))
+    headers._list = items
+    return headers
 
 
 def response_head(result: CallResult, upstream: httpx.Response, info: CallInfo | None = None
@@ -371,7 +397,7 @@ def response_head(result: CallResult, upstream: httpx.Response, info: CallInfo |
 
 
 def caller_response(result: CallResult, request: httpx.Request,
-                    observe: Callable[[httpx.Request, CallResult, CallInfo], None],
+                    observers: Sequence[Callable[[httpx.Request, CallResult, CallInfo], None]],
                     stream_class: type[ReleasingStream] | type[AsyncReleasingStream],
                     call: OutboundCall | None = None) -> httpx.Response:
     """The response the caller sees for the flow's verdict: the local reply, or the
@@ -381,7 +407,8 @@ def caller_response(result: CallResult, request: httpx.Request,
     httpcore (the direct path) goes through the same class. Observers
     see the call first; telemetry (``call``) is finished when the body is closed."""
     info = call_info(result)
-    observe(request, result, info)
+    for observe in observers:
+        observe(request, result, info)
     if result.local_reply is not None:
         result.release()
         response = local_response(result.local_reply, request, info)

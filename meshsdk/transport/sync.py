@@ -95,7 +95,7 @@ class MeshTransport(httpx.BaseTransport):
 
     def _response(self, result: CallResult, request: httpx.Request,
                   call: OutboundCall | None) -> httpx.Response:
-        return caller_response(result, request, self._mesh._observe, ReleasingStream, call)
+        return caller_response(result, request, self._mesh._observers, ReleasingStream, call)
 
     def close(self) -> None:
         self._inner.close()
