@@ -68,6 +68,8 @@ _DROP = frozenset({"host", "connection", "keep-alive", "proxy-connection", "upgr
 
 
 # --- effects the flow yields ------------------------------------------------------------
+# Effects and results are built on every call, so they are plain slotted dataclasses,
+# read-only by convention: a frozen one's __init__ costs several times as much.
 
 
 @dataclass(slots=True)
@@ -100,26 +102,26 @@ class Attempt:
         return replace(self, address=address)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Sleep:
     seconds: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Send:
     """Send the attempt; reply with an :class:`AttemptResult`."""
 
     attempt: Attempt
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Mirror:
     """Send a copy in the background; never wait for it, never look at its answer."""
 
     attempt: Attempt
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Discard:
     """Close a response the flow will not return (a retried attempt's answer)."""
 
@@ -129,7 +131,7 @@ class Discard:
 Effect = Sleep | Send | Mirror | Discard
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AttemptResult:
     """What the driver saw: the classified outcome and, if one arrived, the response
     (the driver's own object, opaque here; headers read, body not yet)."""

@@ -39,9 +39,10 @@ _W3C = TraceContextTextMapPropagator()
 _B3 = B3MultiFormat()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Parent:
-    """A trace context received from the caller."""
+    """A trace context received from the caller (read-only by convention: not frozen,
+    for the cost of building one per request)."""
 
     context: trace.SpanContext
     decided: bool  # the caller made a sampling decision (else the receiver decides)
