@@ -191,10 +191,10 @@ class CallContext:
 
 class _Plan:
     """What a call needs that depends only on the configuration: computed once per
-    (decision, target, client view, mesh config, request port) and shared by every call
-    with the same ones. Entries hold the objects they were built from and are checked
-    by identity, so an id is never confused with a later object's (as in
-    :func:`~meshsdk.resilience.retry.cached_retry_policy`)."""
+    (route decision, target, request port) and kept in the decision's ``plans`` (a
+    decision belongs to one client view of one snapshot, so the view and the mesh
+    config are implied). The plan holds its target, checked by identity, so a target
+    id is never confused with a later object's."""
 
     __slots__ = (
         "authority",
@@ -204,6 +204,7 @@ class _Plan:
         "policy",
         "port",
         "request_ops",
+        "request_port",
         "response_work",
         "target",
         "view",
@@ -214,6 +215,7 @@ class _Plan:
     view: ClientView
     mesh: MeshConfig
     port: int | None               # the target's service port (_target_port)
+    request_port: int | None       # the request's port it was made for
     policy: RetryPolicy
     request_ops: tuple[HeaderOperations, ...]
     response_work: bool            # response header operations or CORS apply
@@ -221,22 +223,17 @@ class _Plan:
     authority: str | None          # the route's or target's new authority (rewrite_authority)
 
 
-_PLAN_LIMIT = 1024
-_plans: dict[tuple[int, int, int, int, int | None], _Plan] = {}
-
-
 def _plan(ctx: CallContext, decision: RouteDecision, target: Target | None) -> _Plan:
+    req_port = ctx.request.port
+    plan: _Plan | None = decision.plans.get(id(target))
+    if plan is not None and plan.target is target and plan.request_port == req_port:
+        return plan
     view = ctx.view
     mesh = ctx.mesh
-    req_port = ctx.request.port
-    key = (id(decision), id(target), id(view), id(mesh), req_port)
-    plan = _plans.get(key)
-    if (plan is not None and plan.decision is decision and plan.target is target
-            and plan.view is view and plan.mesh is mesh):
-        return plan
     route = decision.route
     plan = _Plan()
     plan.decision, plan.target, plan.view, plan.mesh = decision, target, view, mesh
+    plan.request_port = req_port
     plan.port = _target_port(ctx, target) if target is not None else None
     first_policy = (view.policy(target.fqdn, target.subset, plan.port)
                     if target is not None else None)
@@ -253,9 +250,7 @@ def _plan(ctx: CallContext, decision: RouteDecision, target: Target | None) -> _
     plan.response_work = bool(response_ops) or decision.cors is not None
     plan.mirrors = route is not None and (route.mirror is not None or bool(route.mirrors))
     plan.authority = rewrite_authority(decision, target)
-    if len(_plans) >= _PLAN_LIMIT:
-        _plans.clear()
-    _plans[key] = plan
+    decision.plans[id(target)] = plan  # one per target: a new request port replaces it
     return plan
 
 

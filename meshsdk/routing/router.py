@@ -68,6 +68,7 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
+from typing import Any
 
 from meshsdk.config.hosts import expand_host
 from meshsdk.config.kinds.virtual_service import (
@@ -128,9 +129,14 @@ class RouteDecision:
     cors: CorsPolicy | None = None  # the route's CORS policy, when the route forwards traffic
     bounds: tuple[float, ...] = field(init=False, repr=False, compare=False)
     """Running sums of ``shares`` (derived): :func:`pick_target` bisects them."""
+    plans: dict[int, Any] = field(init=False, repr=False, compare=False)
+    """What the call flow derives from this decision per target, keyed by the target's
+    id (:mod:`meshsdk.dataplane.flow`): it depends on nothing else, since a decision
+    belongs to one client view, and it goes with the decision."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bounds", tuple(accumulate(self.shares)))
+        object.__setattr__(self, "plans", {})
 
 
 # --- compiled tables -----------------------------------------------------------------
