@@ -441,24 +441,7 @@ def _http_version(extensions: dict[str, Any]) -> str | None:
 
 class _Releasing:
     """What the four body streams share: count the bytes the caller reads, and on
-    close give back the call's slot and finish its telemetry."""
-
-    def __init__(self, release: Callable[[], None], call: OutboundCall | None) -> None:
-        self._release = release
-        self._call = call
-        self._closed = False
-        self.bytes_read = 0
-
-    def _done(self) -> None:
-        try:
-            self._release()
-        finally:
-            if self._call is not None:
-                self._call.finish(self.bytes_read)
-
-
-class ReleasingStream(_Releasing, httpx.SyncByteStream):
-    """The upstream body, passed through unbuffered; closing it frees the call's slot.
+    close give back the call's slot and finish its telemetry, once.
 
     ``inner`` is the mesh's own upstream response: an ``httpx.Response`` from an inner
     transport, whose byte stream is read directly (the caller's response already does
@@ -468,29 +451,52 @@ class ReleasingStream(_Releasing, httpx.SyncByteStream):
 
     def __init__(self, inner: httpx.Response | httpcore.Response,
                  release: Callable[[], None], call: OutboundCall | None = None) -> None:
-        super().__init__(release, call)
-        self._inner = inner
+        self._inner: httpx.Response | httpcore.Response | None = inner
+        self._release: Callable[[], None] | None = release
+        self._call = call
+        self.bytes_read = 0
+
+    def _done(self) -> None:
+        """Give back the call's slot and finish its telemetry (the first time only),
+        then let go of the upstream response and the call's state: httpx keeps the
+        caller's response in a reference cycle, and whatever this stream still held
+        would wait with it for the garbage collector."""
+        release, call = self._release, self._call
+        self._release = self._call = self._inner = None
+        try:
+            if release is not None:
+                release()
+        finally:
+            if call is not None:
+                call.finish(self.bytes_read)
+
+
+class ReleasingStream(_Releasing, httpx.SyncByteStream):
+    """The upstream body, passed through unbuffered; closing it frees the call's slot."""
 
     def __iter__(self) -> Iterator[bytes]:
-        stream = self._inner.stream
+        inner = self._inner
+        if inner is None:
+            raise httpx.StreamClosed()
+        stream = inner.stream
         if not hasattr(stream, "__iter__"):  # not the Iterable ABC: its check costs more
             raise RuntimeError("Attempted to call a sync iterator on an async stream.")
-        with _mapped(self._inner):
+        with _mapped(inner):
             for chunk in stream:
                 self.bytes_read += len(chunk)
                 yield chunk
 
     def close(self) -> None:
         try:
-            if not self._closed:
-                self._closed = True
-                inner = self._inner
-                if isinstance(inner, httpcore.Response):
-                    inner.close()
-                elif isinstance(inner.stream, httpx.SyncByteStream):
-                    inner.stream.close()
-                else:
-                    raise RuntimeError("Attempted to call an sync close on an async stream.")
+            inner = self._inner
+            if isinstance(inner, httpcore.Response):
+                inner.close()
+            elif inner is None:
+                pass  # closed already
+            elif isinstance(inner.stream, httpx.SyncByteStream):
+                inner.stream.close()
+            else:
+                raise RuntimeError("Attempted to call an sync close on an async stream.")
         finally:
             self._done()
 
@@ -498,31 +504,29 @@ class ReleasingStream(_Releasing, httpx.SyncByteStream):
 class AsyncReleasingStream(_Releasing, httpx.AsyncByteStream):
     """Async twin of :class:`ReleasingStream`."""
 
-    def __init__(self, inner: httpx.Response | httpcore.Response,
-                 release: Callable[[], None], call: OutboundCall | None = None) -> None:
-        super().__init__(release, call)
-        self._inner = inner
-
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        stream = self._inner.stream
+        inner = self._inner
+        if inner is None:
+            raise httpx.StreamClosed()
+        stream = inner.stream
         if not isinstance(stream, AsyncIterable):
             raise RuntimeError("Attempted to call an async iterator on an sync stream.")
-        with _mapped(self._inner):
+        with _mapped(inner):
             async for chunk in stream:
                 self.bytes_read += len(chunk)
                 yield chunk
 
     async def aclose(self) -> None:
         try:
-            if not self._closed:
-                self._closed = True
-                inner = self._inner
-                if isinstance(inner, httpcore.Response):
-                    await inner.aclose()
-                elif isinstance(inner.stream, httpx.AsyncByteStream):
-                    await inner.stream.aclose()
-                else:
-                    raise RuntimeError("Attempted to call an async close on an sync stream.")
+            inner = self._inner
+            if isinstance(inner, httpcore.Response):
+                await inner.aclose()
+            elif inner is None:
+                pass  # closed already
+            elif isinstance(inner.stream, httpx.AsyncByteStream):
+                await inner.stream.aclose()
+            else:
+                raise RuntimeError("Attempted to call an async close on an sync stream.")
         finally:
             self._done()
 

@@ -176,3 +176,29 @@ def test_header_items_is_multi_items() -> None:
                 [(b"X-Name", "José".encode())], [(b"X-Name", "Zoë".encode("latin-1"))]):
         headers = httpx.Headers(raw)
         assert header_items(headers) == headers.multi_items()
+
+
+def test_a_closed_body_lets_go_of_the_upstream_response() -> None:
+    """httpx keeps the caller's response in a reference cycle; the mesh's own objects
+    (the upstream response, the call's state) must not wait in it for the garbage
+    collector, and closing twice gives the call's slot back once."""
+    import gc
+
+    import httpcore
+
+    with Upstream("r") as up:
+        mesh = _mesh(up)
+        with mesh.client() as client:
+            client.get(URL)  # warm: the connection exists
+            gc.collect()
+            gc.disable()
+            try:
+                before = sum(isinstance(o, httpcore.Response) for o in gc.get_objects())
+                kept = [client.get(URL) for _ in range(20)]
+                after = sum(isinstance(o, httpcore.Response) for o in gc.get_objects())
+            finally:
+                gc.enable()
+            assert after - before == 0, f"{after - before} upstream responses still held"
+            kept[0].close()  # again: nothing more is released
+            cluster = next(iter(mesh._clusters._clusters.values()))
+            assert cluster.limits._in_flight == 0
