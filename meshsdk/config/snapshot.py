@@ -63,16 +63,21 @@ class Endpoint:
     network: str = ""
     service_account: str | None = None
     source: str = ""
+    # Derived once here, read on every call by the balancers, outlier detection and
+    # telemetry (an endpoint is built once per snapshot, used by every call).
+    key: tuple[str, int] = field(init=False, repr=False, compare=False)
+    """``(address, port)``: what identifies the endpoint to load and health bookkeeping."""
+    authority: str = field(init=False, repr=False, compare=False)
+    """``address:port`` (IPv6 bracketed), for URLs and logs."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.address, self.port))
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        object.__setattr__(self, "authority", f"{host}:{self.port}")
 
     def __hash__(self) -> int:
         # Identity is the address and port; labels (a mapping) cannot be hashed.
-        return hash((self.address, self.port))
-
-    @property
-    def authority(self) -> str:
-        """``address:port`` (IPv6 bracketed), for URLs and logs."""
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"{host}:{self.port}"
+        return hash(self.key)
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,7 +82,7 @@ _MASK64 = (1 << 64) - 1
 
 def endpoint_key(endpoint: Endpoint) -> EndpointKey:
     """The identity of an endpoint across snapshots: ``(address, port)``."""
-    return (endpoint.address, endpoint.port)
+    return endpoint.key
 
 
 def stable_hash(data: bytes) -> int:
@@ -154,12 +154,12 @@ class _Base:
         return shape
 
     def started(self, endpoint: Endpoint) -> None:
-        key = (endpoint.address, endpoint.port)
+        key = endpoint.key
         with self._lock:
             self._active[key] = self._active.get(key, 0) + 1
 
     def finished(self, endpoint: Endpoint) -> None:
-        key = (endpoint.address, endpoint.port)
+        key = endpoint.key
         with self._lock:
             left = self._active.get(key, 0) - 1
             if left > 0:
@@ -169,7 +169,7 @@ class _Base:
 
     def active(self, endpoint: Endpoint) -> int:
         """Attempts in flight on ``endpoint`` through this balancer."""
-        return self._active.get((endpoint.address, endpoint.port), 0)
+        return self._active.get(endpoint.key, 0)
 
 
 def _without(endpoints: Sequence[Endpoint], shape: _Shape, avoid: Collection[Endpoint]

@@ -172,7 +172,7 @@ class OutlierDetector:
         failure = outcome.failure
         if failure is Failure.OVERFLOW:
             return
-        key = (endpoint.address, endpoint.port)
+        key = endpoint.key
         status = outcome.status
         if (failure is None and outcome.grpc_status is None and status is not None
                 and (status < 500 or status > 599)):
