@@ -224,7 +224,7 @@ class Mesh:
         """``lookup``: ``dict(items)`` when the caller has it and no name repeats."""
         call = None
         if self.telemetry is not None:  # trace headers and x-request-id join the request
-            call = self.telemetry.outbound(method, scheme, authority, raw, items)
+            call = self.telemetry.outbound(method, scheme, authority, raw, items, lookup)
             lookup = None  # items grew
         view = RequestView.build(method, scheme, authority, path, query,
                                  lookup if lookup is not None else items,

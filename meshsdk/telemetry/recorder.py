@@ -332,27 +332,42 @@ class Telemetry:
     # -- outbound ------------------------------------------------------------------
 
     def outbound(self, method: str, scheme: str, authority: str, path: str,
-                 headers: list[tuple[str, str]]) -> OutboundCall:
+                 headers: list[tuple[str, str]], lookup: Mapping[str, str] | None = None
+                 ) -> OutboundCall:
         """Start an outbound call; ``headers`` (lower-case names) gets the mesh's trace
-        headers in place of any the app set, and an ``x-request-id`` if it had none."""
+        headers in place of any the app set, and an ``x-request-id`` if it had none.
+        ``lookup`` is ``dict(headers)`` when the caller has it and no name repeats:
+        then the few headers read here are looked up rather than scanned for."""
         side = self._client
-        request_id = None
-        found_trace = False
-        length = 0
-        grpc = False
-        size = 0  # the header block as metrics count it (host is the :authority)
-        for name, value in headers:  # one pass for everything the call needs to know
-            size += len(name) + len(value)
-            if name == REQUEST_ID:
-                request_id = value
-            elif name in TRACE_HEADERS:
-                found_trace = True
-            elif name == "content-length":
-                length = int(value) if value.isdigit() else 0
-            elif name == "content-type":
-                grpc = value.startswith("application/grpc")
-            elif name == "host":
-                size -= len(name) + len(value)
+        if lookup is not None:
+            request_id = lookup.get(REQUEST_ID)
+            found_trace = not TRACE_HEADERS.isdisjoint(lookup)
+            text = lookup.get("content-length")
+            length = int(text) if text is not None and text.isdigit() else 0
+            grpc = lookup.get("content-type", "").startswith("application/grpc")
+            # the header block as metrics count it (host is the :authority)
+            size = sum(map(len, chain.from_iterable(headers)))
+            host = lookup.get("host")
+            if host is not None:
+                size -= 4 + len(host)
+        else:
+            request_id = None
+            found_trace = False
+            length = 0
+            grpc = False
+            size = 0
+            for name, value in headers:  # one pass for everything the call needs to know
+                size += len(name) + len(value)
+                if name == REQUEST_ID:
+                    request_id = value
+                elif name in TRACE_HEADERS:
+                    found_trace = True
+                elif name == "content-length":
+                    length = int(value) if value.isdigit() else 0
+                elif name == "content-type":
+                    grpc = value.startswith("application/grpc")
+                elif name == "host":
+                    size -= len(name) + len(value)
         if request_id is None:
             request_id = _request_id.get() or self._new_request_id()
             headers.append((REQUEST_ID, request_id))

@@ -435,6 +435,20 @@ def test_request_bytes_grow_by_the_body(
     assert both.sum - first.sum == first.sum + 1003
 
 
+def test_request_bytes_count_a_repeated_header_like_distinct_ones(
+        mesh_config: MeshTestConfig, tel: Telemetry, metrics: Metrics) -> None:
+    # a header block with a repeated name is counted by a scan, one without by
+    # lookups: the same sizes either way
+    mesh_config.upstream("reviews", labels=LABELS)
+    with mesh_config.build(telemetry=tel).client() as client:
+        client.get(URL, headers=[("x-a", "1"), ("x-b", "2")])
+        (first,) = metrics.histogram(REQUEST_BYTES)
+        client.get(URL, headers=[("x-a", "1"), ("x-a", "2")])
+        (both,) = metrics.histogram(REQUEST_BYTES)
+    assert both.count == 2
+    assert both.sum == 2 * first.sum
+
+
 # --- gRPC -----------------------------------------------------------------------------------
 
 
