@@ -20,6 +20,7 @@ import math
 import random
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any
 
 from meshsdk.config.hosts import expand_host, split_host_port
@@ -411,7 +412,13 @@ def call_flow(ctx: CallContext) -> Generator[Effect, AttemptResult | None, CallR
 
 
 def _forward_headers(req: RequestView) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in req.headers.items() if k not in _DROP]
+    """The caller's headers minus the hop-by-hop and mesh-internal ones (a copy of the
+    view's dict with those deleted: cheaper than filtering every header in Python)."""
+    headers = req.headers
+    kept = headers.copy() if isinstance(headers, MappingProxyType) else dict(headers)
+    for name in _DROP.intersection(kept):
+        del kept[name]
+    return list(kept.items())
 
 
 def _attempt_headers(request_ops: tuple[HeaderOperations, ...],
