@@ -3,15 +3,22 @@ exhaust threads, sockets or memory of the app it runs in.
 
 When ``max_in_flight`` copies are already on their way, further copies are
 dropped and counted, never queued: a mirror must not slow or break the answer.
+A copy that fails is counted and logged at DEBUG on the ``meshsdk.mirror`` logger.
+A client closed while copies it started are still on their way closes its transport
+when the last of them ends (:meth:`MirrorSender.close_transport`), so closing a
+client never cuts a copy off mid-request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+
+_log = logging.getLogger("meshsdk.mirror")
 
 
 class MirrorSender:
@@ -24,6 +31,9 @@ class MirrorSender:
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        # sync transports with copies in flight, and those to close when they end
+        self._using: dict[httpx.BaseTransport, int] = {}
+        self._closing: set[httpx.BaseTransport] = set()
         self.sent = 0
         self.failed = 0
         self.dropped = 0
@@ -36,6 +46,7 @@ class MirrorSender:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="mesh-mirror")
             pool = self._pool
+            self._using[transport] = self._using.get(transport, 0) + 1
         pool.submit(self._run_sync, transport, request)
 
     def _run_sync(self, transport: httpx.BaseTransport, request: httpx.Request) -> None:
@@ -46,10 +57,33 @@ class MirrorSender:
             finally:
                 response.close()
             self.sent += 1
-        except Exception:  # a mirror's failure is nobody's business but the counter's
+        except Exception as exc:  # a mirror's failure is nobody's business but the counter's
             self.failed += 1
+            _log.debug("mirror copy to %s failed: %r", request.url, exc)
         finally:
             self._slots.release()
+            self._done_with(transport)
+
+    def _done_with(self, transport: httpx.BaseTransport) -> None:
+        with self._lock:
+            left = self._using[transport] - 1
+            if left:
+                self._using[transport] = left
+                return
+            del self._using[transport]
+            if transport not in self._closing:
+                return
+            self._closing.discard(transport)
+        transport.close()
+
+    def close_transport(self, transport: httpx.BaseTransport) -> None:
+        """Close ``transport`` now, or, while copies sent through it are on their way,
+        when the last of them ends."""
+        with self._lock:
+            if transport in self._using:
+                self._closing.add(transport)
+                return
+        transport.close()
 
     def submit_async(self, transport: httpx.AsyncBaseTransport, request: httpx.Request) -> None:
         if not self._slots.acquire(blocking=False):
@@ -68,8 +102,9 @@ class MirrorSender:
             finally:
                 await response.aclose()
             self.sent += 1
-        except Exception:
+        except Exception as exc:
             self.failed += 1
+            _log.debug("mirror copy to %s failed: %r", request.url, exc)
         finally:
             self._slots.release()
 

@@ -98,7 +98,8 @@ class MeshTransport(httpx.BaseTransport):
         return caller_response(result, request, self._mesh._observers, ReleasingStream, call)
 
     def close(self) -> None:
-        self._inner.close()
+        # mirror copies still on their way through the inner transport finish first
+        self._mesh._mirrors.close_transport(self._inner)
         if self._tls is not None:
             self._tls.close()
 

@@ -202,3 +202,54 @@ def test_a_closed_body_lets_go_of_the_upstream_response() -> None:
             kept[0].close()  # again: nothing more is released
             cluster = next(iter(mesh._clusters._clusters.values()))
             assert cluster.limits._in_flight == 0
+
+
+MIRRORED = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - route: [{destination: {host: reviews}}]
+    mirror: {host: shadow}
+"""
+
+
+def test_closing_the_client_does_not_cut_off_a_mirror_copy_in_flight() -> None:
+    """A copy still on its way when the client closes goes out through an open
+    transport, which is closed when the copy ends."""
+    import threading
+
+    from meshsdk.testing.upstream import wait_until
+
+    gate = threading.Event()
+
+    class GatedTransport(httpx.HTTPTransport):
+        closed = False
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            if request.headers["host"].endswith("-shadow:9080"):  # the copy waits
+                gate.wait(5)
+            return super().handle_request(request)
+
+        def close(self) -> None:
+            self.closed = True
+            super().close()
+
+    with Upstream("r") as up, Upstream("shadow") as shadow:
+        mesh = Mesh(config_from_yaml(service_entry("reviews", [(up, {})], port=9080),
+                                     service_entry("shadow", [(shadow, {})], port=9080),
+                                     MIRRORED), CLIENT, rng=random.Random(1))
+        inner = GatedTransport()
+        try:
+            with httpx.Client(transport=mesh.transport(inner)) as client:
+                assert client.get(URL).status_code == 200
+            assert not inner.closed  # the copy is still at the gate
+            gate.set()
+            assert wait_until(lambda: shadow.hits == 1)
+            assert wait_until(lambda: inner.closed)
+            assert (mesh._mirrors.sent, mesh._mirrors.failed) == (1, 0)
+        finally:
+            gate.set()
+            mesh.close()
