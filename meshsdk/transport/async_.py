@@ -99,7 +99,8 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
                                call)
 
     async def aclose(self) -> None:
-        await self._inner.aclose()
+        # mirror copies still on their way through the inner transport finish first
+        await self._mesh._mirrors.aclose_transport(self._inner)
         if self._tls is not None:
             await self._tls.aclose()
 

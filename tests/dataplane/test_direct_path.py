@@ -253,3 +253,45 @@ def test_closing_the_client_does_not_cut_off_a_mirror_copy_in_flight() -> None:
         finally:
             gate.set()
             mesh.close()
+
+
+def test_closing_an_async_client_does_not_cut_off_a_mirror_copy_in_flight() -> None:
+    """The async twin: the copy's task closes the transport when it ends."""
+    from meshsdk.testing.upstream import wait_until
+
+    class GatedTransport(httpx.AsyncHTTPTransport):
+        closed = False
+        gate: asyncio.Event
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.headers["host"].endswith("-shadow:9080"):
+                await asyncio.wait_for(self.gate.wait(), 5)
+            return await super().handle_async_request(request)
+
+        async def aclose(self) -> None:
+            self.closed = True
+            await super().aclose()
+
+    async def run(mesh: Mesh, shadow: Upstream) -> None:
+        inner = GatedTransport()
+        inner.gate = asyncio.Event()
+        async with httpx.AsyncClient(transport=mesh.async_transport(inner)) as client:
+            assert (await client.get(URL)).status_code == 200
+        assert not inner.closed  # the copy is still at the gate
+        inner.gate.set()
+        for _ in range(500):  # the copy's task runs on this loop
+            if inner.closed:
+                break
+            await asyncio.sleep(0.01)
+        assert inner.closed and shadow.hits == 1
+        assert (mesh._mirrors.sent, mesh._mirrors.failed) == (1, 0)
+
+    with Upstream("r") as up, Upstream("shadow") as shadow:
+        mesh = Mesh(config_from_yaml(service_entry("reviews", [(up, {})], port=9080),
+                                     service_entry("shadow", [(shadow, {})], port=9080),
+                                     MIRRORED), CLIENT, rng=random.Random(1))
+        try:
+            asyncio.run(run(mesh, shadow))
+            assert wait_until(lambda: shadow.hits == 1)
+        finally:
+            mesh.close()
