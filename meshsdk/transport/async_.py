@@ -25,6 +25,7 @@ from meshsdk.transport.common import (
     mirror_request,
     upstream_request,
 )
+from meshsdk.transport.dns import is_address
 from meshsdk.transport.tls import AsyncTlsConnector, TlsError
 
 if TYPE_CHECKING:
@@ -58,8 +59,9 @@ class AsyncMeshTransport(httpx.AsyncBaseTransport):
         return self._response(result, request, call)
 
     async def _send(self, attempt: Attempt, request: httpx.Request) -> AttemptResult:
-        try:
-            address = await self._mesh._dns.aresolve(attempt.address, attempt.port)
+        try:  # an IP literal (the common case) needs no coroutine
+            address = (attempt.address if is_address(attempt.address)
+                       else await self._mesh._dns.aresolve(attempt.address, attempt.port))
         except OSError:
             return AttemptResult(Outcome(failure=Failure.CONNECT_FAILURE))
         if attempt.tls is not None:  # mesh TLS: our own pools, whatever the inner transport
