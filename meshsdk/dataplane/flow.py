@@ -199,8 +199,6 @@ class _Plan:
 
     __slots__ = (
         "authority",
-        "decision",
-        "mesh",
         "mirrors",
         "policy",
         "port",
@@ -208,13 +206,9 @@ class _Plan:
         "request_port",
         "response_work",
         "target",
-        "view",
     )
 
-    decision: RouteDecision
     target: Target | None
-    view: ClientView
-    mesh: MeshConfig
     port: int | None               # the target's service port (_target_port)
     request_port: int | None       # the request's port it was made for
     policy: RetryPolicy
@@ -233,7 +227,7 @@ def _plan(ctx: CallContext, decision: RouteDecision, target: Target | None) -> _
     mesh = ctx.mesh
     route = decision.route
     plan = _Plan()
-    plan.decision, plan.target, plan.view, plan.mesh = decision, target, view, mesh
+    plan.target = target
     plan.request_port = req_port
     plan.port = _target_port(ctx, target) if target is not None else None
     first_policy = (view.policy(target.fqdn, target.subset, plan.port)

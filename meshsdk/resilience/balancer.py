@@ -126,7 +126,7 @@ class _Shape:
 
 
 def _shape_of(endpoints: Sequence[Endpoint]) -> _Shape:
-    keys = tuple((e.address, e.port) for e in endpoints)
+    keys = tuple(e.key for e in endpoints)
     weights = tuple(max(e.weight, 0) for e in endpoints)
     cumulative = tuple(itertools.accumulate(float(w) for w in weights))
     signature = tuple((a, p, w) for (a, p), w in zip(keys, weights, strict=True))
@@ -187,7 +187,7 @@ def _without(endpoints: Sequence[Endpoint], shape: _Shape, avoid: Collection[End
              ) -> tuple[Sequence[Endpoint], Sequence[EndpointKey], Sequence[int]]:
     """``endpoints`` (with their keys and weights) minus the avoided ones; all of them
     if nothing else is left."""
-    avoided = {(e.address, e.port) for e in avoid}
+    avoided = {e.key for e in avoid}
     kept = [i for i, key in enumerate(shape.keys) if key not in avoided]
     if not kept or len(kept) == len(endpoints):
         return endpoints, shape.keys, shape.weights
@@ -264,7 +264,7 @@ class RoundRobinBalancer(_Base):
             return None
         if n == 1:
             return endpoints[0]
-        avoided = {(e.address, e.port) for e in avoid} if avoid else None
+        avoided = {e.key for e in avoid} if avoid else None
         shape = self._shape_for(endpoints)
         if shape.uniform:
             with self._lock:
@@ -274,7 +274,7 @@ class RoundRobinBalancer(_Base):
                 for _ in range(n):
                     chosen = endpoints[self._index % n]
                     self._index += 1
-                    if avoided is None or (chosen.address, chosen.port) not in avoided:
+                    if avoided is None or chosen.key not in avoided:
                         return chosen
                 return first
         key = shape.signature
@@ -290,7 +290,7 @@ class RoundRobinBalancer(_Base):
                 chosen = endpoints[self._smooth_step()]
                 if tried is None:
                     tried = chosen
-                if avoided is None or (chosen.address, chosen.port) not in avoided:
+                if avoided is None or chosen.key not in avoided:
                     return chosen
             return tried
 
@@ -381,7 +381,7 @@ class _HashBalancer(_Base):
                 if len(self._cache) >= _CACHE_LIMIT:
                     self._cache.pop(next(iter(self._cache)))
                 self._cache[key] = built
-        by_key = {(e.address, e.port): e for e in endpoints}
+        by_key = {e.key: e for e in endpoints}
         self._last = (endpoints, built, by_key)  # one atomic store
         return built, by_key
 
@@ -405,7 +405,7 @@ class _HashBalancer(_Base):
             return endpoints[0] if n else None
         if hash_key is None:
             hash_key = self._rng.getrandbits(64)
-        avoided = {(e.address, e.port) for e in avoid} if avoid else frozenset()
+        avoided = {e.key for e in avoid} if avoid else frozenset()
         built, by_key = self._structure(endpoints)
         return by_key[self._lookup(built, hash_key & _MASK64, avoided)]
 

@@ -305,7 +305,7 @@ class OutlierDetector:
             if now >= self._next_tick:
                 self._advance(now)
             if endpoints is not self._members_of:
-                members = frozenset((e.address, e.port) for e in endpoints)
+                members = frozenset(e.key for e in endpoints)
                 if members != self._members:
                     self._forget_others(members)
                     self._members = members
@@ -316,7 +316,7 @@ class OutlierDetector:
             if seq is endpoints and version == self._version:
                 return cached
             ejected = self._ejected
-            kept = tuple(e for e in endpoints if (e.address, e.port) not in ejected)
+            kept = tuple(e for e in endpoints if e.key not in ejected)
             floor = self._config.min_health_percent
             if endpoints and floor and 100.0 * len(kept) / len(endpoints) < floor:
                 kept = tuple(endpoints)  # panic: balance over every endpoint
@@ -337,12 +337,12 @@ class OutlierDetector:
         with self._lock:
             if now >= self._next_tick:
                 self._advance(now)
-            return (endpoint.address, endpoint.port) in self._ejected
+            return endpoint.key in self._ejected
 
     def ejection_count(self, endpoint: Endpoint) -> int:
         """How many times ``endpoint`` has been ejected (Envoy's ``num_ejections``)."""
         with self._lock:
-            host = self._hosts.get((endpoint.address, endpoint.port))
+            host = self._hosts.get(endpoint.key)
             return host.ejections if host is not None else 0
 
     def ejection_multiplier(self, endpoint: Endpoint) -> int:
@@ -353,7 +353,7 @@ class OutlierDetector:
         with self._lock:
             if now >= self._next_tick:
                 self._advance(now)
-            host = self._hosts.get((endpoint.address, endpoint.port))
+            host = self._hosts.get(endpoint.key)
             return host.multiplier if host is not None else 0
 
     def ejected(self) -> frozenset[EndpointKey]:
