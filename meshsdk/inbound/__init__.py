@@ -14,6 +14,7 @@ from meshsdk.inbound.handler import (
     InboundRequest,
     current_request,
     peer_from_certificate,
+    route_wanted,
     set_route,
 )
 from meshsdk.inbound.wsgi import MeshWSGIMiddleware
@@ -21,4 +22,4 @@ from meshsdk.inbound.xfcc import XfccElement, XfccError, parse_xfcc, xfcc_peer
 
 __all__ = ["InboundHandler", "InboundRequest", "MeshASGIMiddleware", "MeshWSGIMiddleware",
            "XfccElement", "XfccError", "current_request", "parse_xfcc", "peer_from_certificate",
-           "set_route", "xfcc_peer"]
+           "route_wanted", "set_route", "xfcc_peer"]

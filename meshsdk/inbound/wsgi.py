@@ -268,15 +268,25 @@ class _Response:
         self._start_response = start_response
         self._inner: Iterable[bytes] | None = None
         self._iter: Iterator[bytes] | None = None
+        self._first: bytes | None = None
+        self._ended = False
         try:
             with request:
                 self._inner = app(environ, self._start)
                 self._iter = iter(self._inner)
+                # A list or tuple body yields without running app code: no context to
+                # enter. Any other body may run app code for its first chunk: that
+                # chunk is taken now, while the context is current, rather than in a
+                # second entry before the response can start (most bodies are one chunk).
+                self._plain = type(self._iter) in _PLAIN_ITERATORS
+                if not self._plain:
+                    try:
+                        self._first = next(self._iter)
+                    except StopIteration:
+                        self._ended = True
         except BaseException:
             self._fail()
             raise
-        # A list or tuple body yields without running app code: no context to enter
-        self._plain = type(self._iter) in _PLAIN_ITERATORS
 
     def _start(self, status: str, headers: list[tuple[str, str]],
                exc_info: ExcInfo | None = None) -> Callable[[bytes], object]:
@@ -300,6 +310,13 @@ class _Response:
         return self
 
     def __next__(self) -> bytes:
+        first = self._first
+        if first is not None:
+            self._first = None
+            self.sent += len(first)
+            return first
+        if self._ended:
+            raise StopIteration
         assert self._iter is not None
         try:
             if self._plain:

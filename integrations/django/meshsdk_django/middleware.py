@@ -176,7 +176,8 @@ class MeshMiddleware:
         except BaseException:
             inbound.finish(500)
             raise
-        inbound.route = route_of(request) or inbound.route
+        if inbound.wants_route:  # only a span that records shows the name
+            inbound.route = route_of(request) or inbound.route
         return _Recorder(inbound, response).install()
 
     async def _acall(self, request: HttpRequest) -> HttpResponseBase:
@@ -192,7 +193,8 @@ class MeshMiddleware:
         except BaseException:
             inbound.finish(500)
             raise
-        inbound.route = route_of(request) or inbound.route
+        if inbound.wants_route:  # only a span that records shows the name
+            inbound.route = route_of(request) or inbound.route
         return _Recorder(inbound, response).install()
 
 

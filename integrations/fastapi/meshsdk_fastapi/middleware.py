@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
 
 from meshsdk.inbound.asgi import MeshASGIMiddleware
-from meshsdk.inbound.handler import InboundHandler, set_route
+from meshsdk.inbound.handler import InboundHandler, route_wanted, set_route
 from meshsdk.mesh import Mesh
 
 Scope = MutableMapping[str, Any]
@@ -78,7 +78,9 @@ class _RouteNamer:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope.get("type") != "http":
+        if scope.get("type") != "http" or not route_wanted():
+            # only a span that records shows the name: most requests skip the copy of
+            # the scope, the wrapped send and the route lookup
             await self.app(scope, receive, send)
             return
         before = dict(scope)  # routing updates the scope in place

@@ -24,7 +24,7 @@ from typing import Any
 from flask import Flask, current_app, request
 
 from meshsdk.errors import UsageError
-from meshsdk.inbound.handler import InboundHandler, InboundRequest, set_route
+from meshsdk.inbound.handler import InboundHandler, InboundRequest, route_wanted, set_route
 from meshsdk.inbound.wsgi import REQUEST_KEY, MeshWSGIMiddleware
 from meshsdk.mesh import Mesh
 
@@ -76,10 +76,12 @@ class MeshFlask:
 
 
 def _name_route() -> None:
-    """Name the request's server span after the matched URL rule."""
-    rule = request.url_rule
-    if rule is not None:
-        set_route(rule.rule)
+    """Name the request's server span after the matched URL rule (only a span that
+    records shows the name: the lookup is skipped for the rest)."""
+    if route_wanted():
+        rule = request.url_rule
+        if rule is not None:
+            set_route(rule.rule)
 
 
 def mesh() -> Mesh:
