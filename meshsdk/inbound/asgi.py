@@ -191,7 +191,7 @@ class MeshASGIMiddleware:
         app_scope = _app_scope(scope, request)
         app_scope[REQUEST_KEY] = request
         status = 0
-        head: list[tuple[str, str]] = []
+        raw_head: Iterable[tuple[bytes, bytes]] = ()  # decoded when recorded, not before
         sent = 0
         received = 0
         extra = [(k.encode("latin-1"), v.encode("latin-1"))
@@ -205,7 +205,7 @@ class MeshASGIMiddleware:
             return message
 
         async def counting_send(message: Message) -> None:
-            nonlocal status, head, sent
+            nonlocal status, raw_head, sent
             kind = message.get("type")
             if kind == "http.response.start":
                 status = int(message["status"])
@@ -213,7 +213,7 @@ class MeshASGIMiddleware:
                 if extra:
                     raw = [*raw, *extra]
                     message = {**message, "headers": raw}
-                head = _decoded(raw)
+                raw_head = raw
                 route = app_scope.get(ROUTE_KEY)
                 if route and not request.route:
                     request.route = str(route)
@@ -221,7 +221,7 @@ class MeshASGIMiddleware:
                 sent += len(message.get("body", b""))
             await send(message)
             if kind == "http.response.body" and not message.get("more_body", False):
-                request._finish(status, head, sent, received, "-", "HTTP/1.1")
+                request._finish(status, _decoded(raw_head), sent, received, "-", "HTTP/1.1")
 
         try:
             with request:
@@ -229,11 +229,12 @@ class MeshASGIMiddleware:
         except BaseException:
             # the server answers 500 when nothing was sent yet; a started response
             # is cut short (the client sees a reset)
-            request._finish(500 if status == 0 else status, head, sent, received,
-                            "-" if status == 0 else "DC", "HTTP/1.1")
+            request._finish(500 if status == 0 else status, _decoded(raw_head), sent,
+                            received, "-" if status == 0 else "DC", "HTTP/1.1")
             raise
         if not request.finished:  # the app returned without finishing its response
-            request._finish(status, head, sent, received, "-" if status else "DC", "HTTP/1.1")
+            request._finish(status, _decoded(raw_head), sent, received,
+                            "-" if status else "DC", "HTTP/1.1")
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = await start_request(self.handler, scope)

@@ -49,13 +49,13 @@ from meshsdk.security.peer_authn import Mode
 from meshsdk.security.spiffe import parse_spiffe_id, spiffe_ids_of
 from meshsdk.telemetry.propagation import REQUEST_ID
 from meshsdk.telemetry.record import Peer
+from meshsdk.telemetry.recorder import ContextTokens, InboundCall, detach
 
 if TYPE_CHECKING:
     from meshsdk.mesh import Mesh
     from meshsdk.security.audit import AuditLog
     from meshsdk.security.authz import CustomCheck
     from meshsdk.security.jwks import JwksCache
-    from meshsdk.telemetry.recorder import InboundCall
 
 log = logging.getLogger("meshsdk.inbound")
 
@@ -502,7 +502,7 @@ class InboundRequest:
         self.timeout = timeout
         """The caller's remaining time in seconds, from its timeout header."""
         self.finished = False
-        self._entered: list[tuple[AbstractContextManager[object] | None,
+        self._entered: list[tuple[ContextTokens | None, AbstractContextManager[object] | None,
                                   contextvars.Token[InboundRequest | None]]] = []
 
     @property
@@ -536,23 +536,22 @@ class InboundRequest:
         """Make the trace context, request id and deadline current (re-entrant: a
         streaming body is produced in several steps)."""
         call = self.call
-        if call is not None:
-            call.__enter__()
+        tokens = call.attach() if call is not None else None
         scope = None
         if self.timeout is not None:
             scope = deadline_scope(self.timeout)
             scope.__enter__()
-        self._entered.append((scope, _current.set(self)))
+        self._entered.append((tokens, scope, _current.set(self)))
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        scope, token = self._entered.pop()  # undone in the reverse order of __enter__
+        tokens, scope, token = self._entered.pop()  # undone in the reverse order
         _current.reset(token)
         if scope is not None:
             scope.__exit__(exc_type, exc, tb)
-        if self.call is not None:
-            self.call.__exit__(exc_type, exc, tb)
+        if tokens is not None:
+            detach(tokens)
 
     def finish(self, status: int, response_headers: Sequence[tuple[str, str]] = (),
                bytes_sent: int = 0, *, bytes_received: int | None = None,

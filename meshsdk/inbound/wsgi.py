@@ -104,15 +104,22 @@ def _header_name(key: str) -> str:
 
 
 def _headers(environ: Environ) -> list[tuple[str, str]]:
-    out: list[tuple[str, str]] = []
+    """The request's headers, names in lower case, from the environ's keys.
+
+    CGI's CONTENT_TYPE and CONTENT_LENGTH are set empty when the request has no such
+    header: they count only when not empty (HTTP_* keys always do). Usually every key
+    was seen before, and one comprehension does it."""
     names = _header_names
-    for key, value in environ.items():
+    if names.keys() >= environ.keys():
         try:
-            name = names[key]
-        except KeyError:
-            name = _header_name(key)
-        # CGI's CONTENT_TYPE and CONTENT_LENGTH are set empty when the request has no
-        # such header: they count only when not empty (HTTP_* keys always do)
+            return [(name, value) for key, value in environ.items()
+                    if (name := names[key]) and (value or key[0] == "H")]
+        except KeyError:  # another thread cleared the names meanwhile
+            pass
+    out: list[tuple[str, str]] = []
+    for key, value in environ.items():
+        found = names.get(key)
+        name = _header_name(key) if found is None else found
         if name and (value or key[0] == "H"):
             out.append((name, value))
     return out

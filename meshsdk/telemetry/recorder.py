@@ -85,6 +85,9 @@ ACCESS_LOGGER = "meshsdk.access"
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "meshsdk_request_id", default=None)
 
+_TRACE_OR_ID = TRACE_HEADERS | {REQUEST_ID}
+"""The inbound request headers read before the app runs."""
+
 
 def current_request_id() -> str | None:
     """The ``x-request-id`` of the inbound request being handled, if any."""
@@ -435,28 +438,19 @@ class Telemetry:
         side = self._server
         items = list(headers)
         request_id = None
-        length: int | None = None
-        grpc = False
         traced = False
-        size = 0  # the header block as the metrics count it (host is the :authority)
-        for name, value in items:  # one pass for everything the record needs
-            if name == "host" or name[:1] == ":":
-                continue
-            size += len(name) + len(value)
-            if name in TRACE_HEADERS:
-                traced = True
-            elif name == REQUEST_ID:
-                if request_id is None:
+        # Only what the app's context needs is read now, before the app runs; the
+        # sizes, length and protocol the record needs are read from ``items`` when it
+        # finishes, after the response is on its way (InboundCall.finish).
+        for name, value in items:
+            if name in _TRACE_OR_ID:
+                if name != REQUEST_ID:
+                    traced = True
+                elif request_id is None:
                     request_id = value
-            elif name == "content-length":
-                if length is None and value.isdigit():
-                    length = int(value)
-            elif name == "content-type":
-                grpc = grpc or value.startswith("application/grpc")
         if request_id is None:
             request_id = self._new_request_id()
             items.append((REQUEST_ID, request_id))
-            size += len(REQUEST_ID) + len(request_id)
         target = self._inbound_target(authority, scheme)
         span: Span | None = None
         if side.tracing:
@@ -478,9 +472,7 @@ class Telemetry:
         return InboundCall(self, side, method, scheme, authority, path, items, request_id,
                            span, source or Peer(), service or target.service,
                            remote_address, local_address, server_name, security_policy,
-                           self._clock(), self._wall(), upstream_cluster=target.cluster,
-                           request_protocol="grpc" if grpc else "http",
-                           content_length=length or 0, header_bytes=size)
+                           self._clock(), self._wall(), upstream_cluster=target.cluster)
 
     def _inbound_target(self, authority: str, scheme: str) -> _InboundTarget:
         """What an inbound request's authority decides (host, span name, service,
@@ -611,18 +603,23 @@ def _grpc_status(headers: Iterable[tuple[str, str]]) -> int | None:
     return None
 
 
-def _content_length(headers: Iterable[tuple[str, str]]) -> int:
+def _request_head(headers: Iterable[tuple[str, str]]) -> tuple[str, int, int]:
+    """An inbound request's protocol, ``content-length`` and header bytes as the metrics
+    count them (``host`` is the ``:authority``, pseudo-headers are not counted), in one
+    pass over its headers."""
+    protocol = "http"
+    length = None
+    size = 0
     for name, value in headers:
-        if name == "content-length" and value.isdigit():
-            return int(value)
-    return 0
-
-
-def _protocol(headers: Iterable[tuple[str, str]]) -> str:
-    for name, value in headers:
-        if name == "content-type" and value.startswith("application/grpc"):
-            return "grpc"
-    return "http"
+        if name == "host" or name[:1] == ":":
+            continue
+        size += len(name) + len(value)
+        if name == "content-length":
+            if length is None and value.isdigit():
+                length = int(value)
+        elif name == "content-type" and value.startswith("application/grpc"):
+            protocol = "grpc"
+    return protocol, length or 0, size
 
 
 @dataclass(slots=True, eq=False)
@@ -733,6 +730,19 @@ class OutboundCall:
         tel._emit(self.side, record)
 
 
+ContextTokens = tuple[object, contextvars.Token[str | None]]
+"""What :meth:`InboundCall.attach` made current: the OTel context's token (None without
+a span) and the request id's."""
+
+
+def detach(tokens: ContextTokens) -> None:
+    """Undo :meth:`InboundCall.attach`."""
+    ctx_token, rid_token = tokens
+    _request_id.reset(rid_token)
+    if ctx_token is not None:
+        otel_context.detach(ctx_token)  # type: ignore[arg-type]
+
+
 @dataclass(slots=True, eq=False)
 class InboundCall:
     """One inbound request in progress (see :meth:`Telemetry.inbound`)."""
@@ -761,7 +771,7 @@ class InboundCall:
     request_protocol: str | None = None
     content_length: int | None = None
     header_bytes: int | None = None
-    _tokens: list[tuple[object, contextvars.Token[str | None]]] = field(default_factory=list)
+    _tokens: list[ContextTokens] | None = None
     # the OTel context made current, and the one it was made from (a streamed response
     # enters several times, usually from the same context: the span is set in it once)
     _context: otel_context.Context | None = None
@@ -769,23 +779,30 @@ class InboundCall:
 
     def __enter__(self) -> InboundCall:
         """Make this request's trace context and request id current (for outbound calls)."""
-        ctx_token = None
-        if self.span is not None:
-            base = otel_context.get_current()
-            ctx = self._context
-            if ctx is None or base is not self._base:
-                ctx = self._context = trace.set_span_in_context(self.span, base)
-                self._base = base
-            ctx_token = otel_context.attach(ctx)
-        self._tokens.append((ctx_token, _request_id.set(self.request_id)))
+        if self._tokens is None:
+            self._tokens = []
+        self._tokens.append(self.attach())
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        ctx_token, rid_token = self._tokens.pop()
-        _request_id.reset(rid_token)
-        if ctx_token is not None:
-            otel_context.detach(ctx_token)  # type: ignore[arg-type]
+        assert self._tokens
+        detach(self._tokens.pop())
+
+    def attach(self) -> ContextTokens:
+        """What ``with call:`` does on entry, for a driver that keeps the tokens itself
+        (the inbound handler, which makes more current at the same time): give them to
+        :func:`detach` to undo it."""
+        ctx_token = None
+        span = self.span
+        if span is not None:
+            base = otel_context.get_current()
+            ctx = self._context
+            if ctx is None or base is not self._base:
+                ctx = self._context = trace.set_span_in_context(span, base)
+                self._base = base
+            ctx_token = otel_context.attach(ctx)
+        return ctx_token, _request_id.set(self.request_id)
 
     @property
     def trace_headers(self) -> list[tuple[str, str]]:
@@ -806,15 +823,20 @@ class InboundCall:
                                   self.authority)
         record.scheme = self.scheme
         record.protocol = protocol
-        record.request_protocol = (self.request_protocol if self.request_protocol is not None
-                                   else _protocol(self.headers))
+        protocol_of = self.request_protocol
+        length_of = self.content_length
+        header_bytes = self.header_bytes
+        if protocol_of is None or length_of is None or header_bytes is None:
+            read = _request_head(self.headers)  # after the response: see inbound()
+            protocol_of = read[0] if protocol_of is None else protocol_of
+            length_of = read[1] if length_of is None else length_of
+            header_bytes = read[2] if header_bytes is None else header_bytes
+        record.request_protocol = protocol_of
         record.status = status
         record.grpc_status = (grpc_status if grpc_status is not None
                               else _grpc_status(response_headers))
         record.response_flags = flags
-        record.bytes_received = (bytes_received if bytes_received is not None
-                                 else self.content_length if self.content_length is not None
-                                 else _content_length(self.headers))
+        record.bytes_received = bytes_received if bytes_received is not None else length_of
         record.bytes_sent = bytes_sent
         record.response_duration = response_duration
         record.request_headers = self.headers
@@ -833,7 +855,7 @@ class InboundCall:
             self.upstream_cluster if self.upstream_cluster is not None
             else f"inbound|{split_host_port(self.authority)[1] or ''}||")
         record.upstream_host = self.local_address
-        record.request_header_bytes = self.header_bytes
+        record.request_header_bytes = header_bytes
         if self.done:
             return record
         self.done = True
