@@ -767,10 +767,6 @@ class InboundCall:
     done: bool = False
     upstream_cluster: str | None = None
     """``inbound|<port>||`` (computed from ``authority`` when not given)."""
-    # what the request's headers say, read once when it starts (None: read at finish)
-    request_protocol: str | None = None
-    content_length: int | None = None
-    header_bytes: int | None = None
     _tokens: list[ContextTokens] | None = None
     # the OTel context made current, and the one it was made from (a streamed response
     # enters several times, usually from the same context: the span is set in it once)
@@ -823,15 +819,8 @@ class InboundCall:
                                   self.authority)
         record.scheme = self.scheme
         record.protocol = protocol
-        protocol_of = self.request_protocol
-        length_of = self.content_length
-        header_bytes = self.header_bytes
-        if protocol_of is None or length_of is None or header_bytes is None:
-            read = _request_head(self.headers)  # after the response: see inbound()
-            protocol_of = read[0] if protocol_of is None else protocol_of
-            length_of = read[1] if length_of is None else length_of
-            header_bytes = read[2] if header_bytes is None else header_bytes
-        record.request_protocol = protocol_of
+        # read now, after the response, rather than when the request started (inbound())
+        record.request_protocol, length_of, header_bytes = _request_head(self.headers)
         record.status = status
         record.grpc_status = (grpc_status if grpc_status is not None
                               else _grpc_status(response_headers))
