@@ -82,7 +82,11 @@ spec:
 
 def make_mesh(config_dir: str) -> Any:
     """The meshed app's mesh: the policy above, Istio's default telemetry (see docstring;
-    none at all when ``MESH_BENCH_TELEMETRY=off``, to see what security alone costs)."""
+    none at all when ``MESH_BENCH_TELEMETRY=off``, to see what security alone costs).
+    ``MESH_BENCH_SEED`` seeds telemetry's random source (sampling draws, ids), so that
+    ``bench/inbound_micro.py --instructions`` counts repeat."""
+    import random
+
     from bench.otel_noop import dropping_tracer_provider
     from meshsdk import Mesh, Workload
     from meshsdk.telemetry import PrometheusMetrics, Telemetry
@@ -90,8 +94,10 @@ def make_mesh(config_dir: str) -> Any:
     workload = Workload("hello-v1", "default", WORKLOAD_LABELS, "hello")
     if os.environ.get("MESH_BENCH_TELEMETRY") == "off":
         return Mesh.from_config(config_dir, workload, telemetry=False)
+    seed = os.environ.get("MESH_BENCH_SEED")
     telemetry = Telemetry(workload, tracer_provider=dropping_tracer_provider(), otel_metrics=False,
-                          metrics=[PrometheusMetrics()])
+                          metrics=[PrometheusMetrics()],
+                          rng=random.Random(int(seed)) if seed else None)
     return Mesh.from_config(config_dir, workload, telemetry=telemetry)
 
 
