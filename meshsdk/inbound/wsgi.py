@@ -12,7 +12,9 @@ recorded when the server closes it, as PEP 3333 requires servers to do.
 The peer certificate is found, in order, in ``environ["meshsdk.peer_certificate"]``
 (DER, PEM or parsed; for servers or hooks that put it there), or on the TLS socket
 gunicorn exposes as ``environ["gunicorn.socket"]``. Framework plugins name the route
-with :func:`~meshsdk.inbound.handler.set_route` or ``environ["meshsdk.route"]``.
+with :func:`~meshsdk.inbound.handler.set_route`, ``environ["meshsdk.route"]``, or a
+``route`` callback the middleware calls only for a request whose span records, when the
+app starts its response (so unsampled requests, most of them, pay nothing for it).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from meshsdk.inbound.handler import InboundHandler, InboundRequest, PeerCertific
 from meshsdk.mesh import Mesh
 
 Environ = MutableMapping[str, Any]
+RouteOf = Callable[[Environ], "str | None"]
+"""A plugin's route lookup: the matched route template of the request in ``environ``."""
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
 
@@ -103,26 +107,48 @@ def _header_name(key: str) -> str:
     return name
 
 
+_Plan = tuple[tuple[str, ...], tuple[str, ...], bool]
+_plans: dict[tuple[str, ...], _Plan] = {}
+"""An environ's keys, in order -> which of them are headers, their names, and whether
+CGI's CONTENT_TYPE or CONTENT_LENGTH is among them. A client sends the same headers
+request after request, so its environs share their keys: one lookup finds the headers,
+and their values are read without a Python loop."""
+_PLANS_LIMIT = 256
+_CGI_NAMES = ("content-type", "content-length")
+
+
+def _plan(keys: tuple[str, ...]) -> _Plan:
+    names = _header_names
+    header_keys: list[str] = []
+    header_names: list[str] = []
+    for key in keys:
+        found = names.get(key)
+        name = _header_name(key) if found is None else found
+        if name:
+            header_keys.append(key)
+            header_names.append(name)
+    plan = (tuple(header_keys), tuple(header_names),
+            any(name in _CGI_NAMES for name in header_names))
+    if len(_plans) >= _PLANS_LIMIT:  # clients inventing header names
+        _plans.clear()
+    _plans[keys] = plan
+    return plan
+
+
 def _headers(environ: Environ) -> list[tuple[str, str]]:
     """The request's headers, names in lower case, from the environ's keys.
 
     CGI's CONTENT_TYPE and CONTENT_LENGTH are set empty when the request has no such
-    header: they count only when not empty (HTTP_* keys always do). Usually every key
-    was seen before, and one comprehension does it."""
-    names = _header_names
-    if names.keys() >= environ.keys():
-        try:
-            return [(name, value) for key, value in environ.items()
-                    if (name := names[key]) and (value or key[0] == "H")]
-        except KeyError:  # another thread cleared the names meanwhile
-            pass
-    out: list[tuple[str, str]] = []
-    for key, value in environ.items():
-        found = names.get(key)
-        name = _header_name(key) if found is None else found
-        if name and (value or key[0] == "H"):
-            out.append((name, value))
-    return out
+    header: they count only when not empty (HTTP_* keys always do)."""
+    keys = tuple(environ)
+    plan = _plans.get(keys)
+    if plan is None:
+        plan = _plan(keys)
+    header_keys, names, cgi = plan
+    pairs = list(zip(names, map(environ.__getitem__, header_keys), strict=True))
+    if cgi:
+        return [(name, value) for name, value in pairs if value or name not in _CGI_NAMES]
+    return pairs
 
 
 _environ_keys: dict[str, str] = {}
@@ -233,16 +259,20 @@ class MeshWSGIMiddleware:
 
     Give a ``mesh`` (options go to :class:`InboundHandler`: ``port``,
     ``trusted_proxies``, ``jwks``, ``audit``, ``custom``...) or a ready ``handler``.
+    ``route`` names the span of a request that records: called with the environ when
+    the app calls ``start_response`` (after its routing), unless a route is set already.
     """
 
     def __init__(self, app: WSGIApp, mesh: Mesh | None = None, *,
-                 handler: InboundHandler | None = None, **options: Any) -> None:
+                 handler: InboundHandler | None = None, route: RouteOf | None = None,
+                 **options: Any) -> None:
         if handler is None:
             if mesh is None:
                 raise TypeError("MeshWSGIMiddleware needs a mesh or a handler")
             handler = InboundHandler(mesh, **options)
         self.app = app
         self.handler = handler
+        self.route = route
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         request = start_request(self.handler, environ)
@@ -256,7 +286,7 @@ class MeshWSGIMiddleware:
         if request.headers_changed or request.query is not None:
             _apply(environ, request)
         environ[REQUEST_KEY] = request
-        return _Response(self.app, environ, start_response, request)
+        return _Response(self.app, environ, start_response, request, self.route)
 
 
 _PLAIN_ITERATORS: tuple[type, ...] = (type(iter([])), type(iter(())))
@@ -266,9 +296,10 @@ class _Response:
     """The app's response iterable, counted and recorded on ``close()``."""
 
     def __init__(self, app: WSGIApp, environ: Environ, start_response: StartResponse,
-                 request: InboundRequest) -> None:
+                 request: InboundRequest, route_of: RouteOf | None = None) -> None:
         self.request = request
         self.environ = environ
+        self._route_of = route_of
         self.status = 0
         self.head: list[tuple[str, str]] = []
         self.sent = 0
@@ -302,9 +333,13 @@ class _Response:
         if self.request.response_headers:
             headers = [*headers, *self.request.response_headers]
         self.head = list(headers)  # InboundRequest.finish lower-cases the names
-        route = self.environ.get(ROUTE_KEY)
-        if route and not self.request.route:
-            self.request.route = str(route)
+        request = self.request
+        if not request.route:
+            route = self.environ.get(ROUTE_KEY)
+            if route:
+                request.route = str(route)
+            elif self._route_of is not None and request.wants_route:
+                request.route = self._route_of(self.environ) or request.route
         write = self._start_response(status, headers, exc_info)
 
         def counting_write(data: bytes) -> object:
@@ -363,5 +398,5 @@ class _Response:
                                     flags="-" if complete else "DC")
 
 
-__all__ = ["PEER_CERT_KEY", "REQUEST_KEY", "ROUTE_KEY", "MeshWSGIMiddleware",
+__all__ = ["PEER_CERT_KEY", "REQUEST_KEY", "ROUTE_KEY", "Environ", "MeshWSGIMiddleware", "RouteOf",
            "environ_facts", "peer_certificate", "start_request"]

@@ -143,3 +143,40 @@ def test_routes_are_wanted_only_for_spans_that_record(capture: Capture,
     else:
         capture.wait_requests(1)
         assert capture.exporter.get_finished_spans() == ()
+
+
+@pytest.mark.parametrize("percentage", [0, 100])
+def test_a_route_callback_runs_only_for_spans_that_record(capture: Capture,
+                                                          percentage: int) -> None:
+    asked: list[str] = []
+
+    def route_of(env: dict[str, Any]) -> str | None:
+        asked.append(env["PATH_INFO"])
+        return "/reviews/{id}"
+
+    def app(env: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    mesh = Mesh(config_from_yaml(sampling(percentage)), REVIEWS,
+                telemetry=capture.telemetry(REVIEWS))
+    run(MeshWSGIMiddleware(app, mesh, route=route_of), environ("/reviews/7"))
+    assert asked == (["/reviews/7"] if percentage == 100 else [])
+    if percentage == 100:
+        [span] = capture.spans(1)
+        assert span.name == "/reviews/{id}"
+    else:
+        capture.wait_requests(1)
+
+
+def test_a_route_set_by_the_app_wins_over_the_callback(capture: Capture) -> None:
+    def app(env: Any, start_response: Any) -> list[bytes]:
+        set_route("/from/app")
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    mesh = Mesh(config_from_yaml(sampling(100)), REVIEWS,
+                telemetry=capture.telemetry(REVIEWS))
+    run(MeshWSGIMiddleware(app, mesh, route=lambda env: "/from/callback"), environ())
+    [span] = capture.spans(1)
+    assert span.name == "/from/app"

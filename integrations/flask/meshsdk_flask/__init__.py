@@ -24,8 +24,8 @@ from typing import Any
 from flask import Flask, current_app, request
 
 from meshsdk.errors import UsageError
-from meshsdk.inbound.handler import InboundHandler, InboundRequest, route_wanted, set_route
-from meshsdk.inbound.wsgi import REQUEST_KEY, MeshWSGIMiddleware
+from meshsdk.inbound.handler import InboundHandler, InboundRequest
+from meshsdk.inbound.wsgi import REQUEST_KEY, Environ, MeshWSGIMiddleware
 from meshsdk.mesh import Mesh
 
 EXTENSION = "meshsdk"
@@ -68,20 +68,23 @@ class MeshFlask:
         handler = InboundHandler(mesh, **{**self.options, **options})
         # Flask's and the core's WSGI signatures differ only in typing detail
         inner: Any = app.wsgi_app
-        wrapped: Any = MeshWSGIMiddleware(inner, handler=handler)
+        wrapped: Any = MeshWSGIMiddleware(inner, handler=handler, route=_url_rule)
         app.wsgi_app = wrapped  # type: ignore[method-assign]
         app.extensions[EXTENSION] = MeshState(mesh, handler)
-        # first of the before-request hooks: a hook answering early still gets a name
-        app.before_request_funcs.setdefault(None, []).insert(0, _name_route)
 
 
-def _name_route() -> None:
-    """Name the request's server span after the matched URL rule (only a span that
-    records shows the name: the lookup is skipped for the rest)."""
-    if route_wanted():
-        rule = request.url_rule
-        if rule is not None:
-            set_route(rule.rule)
+def _url_rule(environ: Environ) -> str | None:
+    """The URL rule Flask matched for the request in ``environ``, to name its server span.
+
+    The core calls this only for a span that records, when the response starts: Flask
+    has matched the URL when it pushed the request context (before any hook ran, so a
+    hook answering early still gets a name) and keeps its request in the environ until
+    the context is popped, after ``start_response``. A before-request hook would cost
+    every request a few microseconds before the response; this costs the unsampled
+    ones nothing."""
+    found = environ.get("werkzeug.request")
+    rule = getattr(found, "url_rule", None)
+    return rule.rule if rule is not None else None
 
 
 def mesh() -> Mesh:
