@@ -972,7 +972,7 @@ class _RuleCompiler:
 
     def _condition_kind(self, key: str) -> tuple[Build, int, bool]:
         """How to build a ``when`` key's test: (builder, cost, HTTP only)."""
-        if key.startswith(("request.headers[", "request.experimental.inline.headers[")):
+        if key.startswith(_HEADER_KEYS):  # _reads_headers knows these keys
             header = _header_value(_bracketed(key, key[:key.index("[")])[0])
             return (lambda v: _str_match(header, v, empty_ok=True)), _COST_STR, True
         if key.startswith("request.auth.claims["):
@@ -1250,6 +1250,8 @@ class CompiledPolicy:
     http_needs: tuple[tuple[RuleKey, ...], ...] = ()
     """Per rule, the attributes it requires to take one of a few exact values (indexing)."""
     tcp_needs: tuple[tuple[RuleKey, ...], ...] = ()
+    reads_headers: bool = False
+    """Some rule has a ``when`` on a request header: its decision depends on headers."""
 
     def first_match(self, req: AuthzRequest) -> int | None:
         """Index of the first rule matching ``req``, None if none does."""
@@ -1283,7 +1285,17 @@ def compile_policy(resource: Resource, *, trust_domains: Sequence[str] = (_CLUST
                            for rule in spec.rules)
     provider = spec.provider.name if spec.action == "CUSTOM" and spec.provider else None
     return CompiledPolicy(name, spec.action, dry_run, compiled[False], compiled[True], provider,
-                          needs[False], needs[True])
+                          needs[False], needs[True], _reads_headers(spec))
+
+
+def _reads_headers(spec: AuthorizationPolicySpec) -> bool:
+    """Whether a rule of ``spec`` tests a request header: the only ``when`` keys that
+    read ``AuthzRequest.headers`` (see ``_RuleCompiler._condition_kind``). Pseudo-headers
+    count too, although they read the request's own fields: this errs on the safe side."""
+    return any(cond.key.startswith(_HEADER_KEYS) for rule in spec.rules for cond in rule.when)
+
+
+_HEADER_KEYS = ("request.headers[", "request.experimental.inline.headers[")
 
 
 def compile_policies(config: Config, namespace: str, labels: Mapping[str, str], *,

@@ -52,6 +52,11 @@ class InboundDecision:
 
 
 _DECISION_CACHE_LIMIT = 1024
+_VERDICT_CACHE_LIMIT = 4096
+"""Distinct requests (method, host, path, peer, addresses) whose verdicts are kept; the
+cache starts over when full (paths with ids in them are unbounded)."""
+_VerdictKey = tuple[str, str, str, str | None, str | None, str | None, str | None,
+                    int | None, str | None, bool]
 
 
 class InboundSecurity:
@@ -78,6 +83,14 @@ class InboundSecurity:
         # on first use, and live exactly as long as these compiled policies.
         self._anonymous: AuthnResult | None = None if self.jwt else AuthnResult(ok=True)
         self._decisions: dict[int, InboundDecision] = {}
+        # Verdicts by request attributes, when they are all a verdict can depend on: no
+        # JWT (claims), no CUSTOM provider (an outside call), no rule reading a header.
+        # Then a verdict is a pure function of the key below, for as long as these
+        # compiled policies live; only verdicts nothing logs are kept (see check).
+        policies = self.authorizer.policies
+        self._verdicts: dict[_VerdictKey, InboundDecision] | None = (
+            {} if self._anonymous is not None and not any(
+                p.reads_headers or p.action == "CUSTOM" for p in policies) else None)
 
     def mode_for(self, port: int) -> Mode:
         """STRICT, PERMISSIVE or DISABLE for a workload port."""
@@ -91,6 +104,14 @@ class InboundSecurity:
         """Authenticate then authorize one request. ``headers`` have lower-case names;
         ``path`` may carry its query string; ``peer`` is the caller's verified SPIFFE
         ID (None over plaintext)."""
+        verdicts = self._verdicts
+        key: _VerdictKey | None = None
+        if verdicts is not None:
+            key = (method, host, path, peer, source_ip, remote_ip, destination_ip,
+                   destination_port, sni, grpc)
+            known = verdicts.get(key)
+            if known is not None:
+                return known
         authn = self._anonymous
         if authn is None:
             authn = self.jwt.authenticate(headers, path.partition("?")[2], method=method)
@@ -114,12 +135,17 @@ class InboundSecurity:
         decision = self.authorizer.check(req, custom=self._custom)
         self.audit.record(req, decision)
         if authn is self._anonymous and decision.custom is None:
-            known = self._decisions.get(id(decision))
-            if known is not None and known.authz is decision:
-                return known
-            if len(self._decisions) >= _DECISION_CACHE_LIMIT:
-                self._decisions.clear()
-            made = self._decisions[id(decision)] = self._inbound_decision(authn, decision)
+            made = self._decisions.get(id(decision))
+            if made is None or made.authz is not decision:
+                if len(self._decisions) >= _DECISION_CACHE_LIMIT:
+                    self._decisions.clear()
+                made = self._decisions[id(decision)] = self._inbound_decision(authn, decision)
+            if key is not None and self.audit.level_for(decision) is None:
+                # a denial or an audited allow is logged per request: never kept
+                assert verdicts is not None
+                if len(verdicts) >= _VERDICT_CACHE_LIMIT:
+                    verdicts.clear()
+                verdicts[key] = made
             return made
         return self._inbound_decision(authn, decision)
 
