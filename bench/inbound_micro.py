@@ -47,9 +47,7 @@ import io
 import os
 import pstats
 import random
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import callgrind
 import middleware_overhead as overhead  # the bench's mesh and policy
 
 
@@ -238,17 +237,8 @@ def count_instructions(framework: str, calls: int) -> int:
     name = "wsgi" if framework == "core" else framework  # core: the WSGI adapter
 
     def total(path: str, n: int, workdir: str) -> int:
-        out = Path(workdir) / f"callgrind.{n}"
-        proc = subprocess.run(
-            [valgrind, "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
-             __file__, "--run-loop", name, path, str(n)],
-            capture_output=True, text=True, env=env, timeout=1800, check=False)
-        if proc.returncode != 0:
-            raise SystemExit(f"{name} {path}: valgrind run failed:\n{proc.stderr[-2000:]}")
-        match = re.search(r"^(?:summary|totals):\s+(\d+)", out.read_text(), re.MULTILINE)
-        if match is None:
-            raise SystemExit(f"{name} {path}: no instruction total in {out}")
-        return int(match.group(1))
+        return callgrind.total(valgrind, [__file__, "--run-loop", name, path, str(n)], env,
+                               Path(workdir) / f"callgrind.{n}", f"{name} {path}")
 
     counts = {}
     with tempfile.TemporaryDirectory(prefix="mesh-micro-ir-") as tmp:

@@ -45,14 +45,15 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import callgrind
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("bare", "mesh", "mesh+tel", "mesh+prom", "mesh+otel", "tel-only")
@@ -149,18 +150,9 @@ def run_calls(variant: str, calls: int) -> None:
 
 
 def instructions(valgrind: str, variant: str, calls: int, workdir: Path) -> int:
-    out = workdir / f"callgrind.{variant}.{calls}"
     env = {**os.environ, "PYTHONMALLOC": "malloc", "PYTHONHASHSEED": "0"}
-    proc = subprocess.run(
-        [valgrind, "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable,
-         __file__, "--run", variant, "--calls", str(calls)],
-        capture_output=True, text=True, env=env, timeout=1800, check=False)
-    if proc.returncode != 0:
-        raise SystemExit(f"{variant}: valgrind run failed:\n{proc.stderr[-2000:]}")
-    match = re.search(r"^(?:summary|totals):\s+(\d+)", out.read_text(), re.MULTILINE)
-    if match is None:
-        raise SystemExit(f"{variant}: no instruction total in {out}")
-    return int(match.group(1))
+    return callgrind.total(valgrind, [__file__, "--run", variant, "--calls", str(calls)], env,
+                           workdir / f"callgrind.{variant}.{calls}", variant)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
