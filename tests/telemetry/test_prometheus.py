@@ -14,7 +14,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import httpx
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
@@ -255,3 +255,27 @@ def test_asgi_app_answers_lifespan(registry: CollectorRegistry) -> None:
     asyncio.run(main())
     assert [m["type"] for m in sent] == ["lifespan.startup.complete",
                                         "lifespan.shutdown.complete"]
+
+
+def test_each_label_bearing_field_counts_apart_and_equal_peers_together() -> None:
+    """Every record field behind a standard label separates series; equal peers that
+    are other objects share one."""
+    sink = PrometheusMetrics()
+    twin = replace(RECORD, source=replace(RECORD.source))   # equal, another object
+    other_caller = replace(RECORD, source=replace(RECORD.source, workload="reviews-v1"))
+    variants = [RECORD, twin, other_caller, FAILED, replace(RECORD, grpc_status=14),
+                replace(RECORD, request_protocol="grpc"),
+                replace(RECORD, connection_security_policy="none"),
+                replace(RECORD, reporter="source")]
+    for _ in range(3):
+        for record in variants:
+            sink.record(record)
+    text = generate_latest(sink.registry).decode()
+    counts = {tuple(sorted(s.labels.items())): s.value
+              for f in parse(text).values() if f.name == "istio_requests" for s in f.samples}
+    expected: dict[tuple[tuple[str, str], ...], float] = {}
+    for record in variants:
+        key = tuple(sorted(label_dict(record).items()))
+        expected[key] = expected.get(key, 0) + 3
+    assert counts == expected
+    assert expected[tuple(sorted(label_dict(RECORD).items()))] == 6  # RECORD and its twin
