@@ -20,6 +20,7 @@ app starts its response (so unsampled requests, most of them, pay nothing for it
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ssl
 import sys
 import weakref
@@ -308,6 +309,7 @@ class _Response:
         self._iter: Iterator[bytes] | None = None
         self._first: bytes | None = None
         self._ended = False
+        self._context: contextvars.Context | None = None
         try:
             with request:
                 self._inner = app(environ, self._start)
@@ -316,12 +318,18 @@ class _Response:
                 # enter. Any other body may run app code for its first chunk: that
                 # chunk is taken now, while the context is current, rather than in a
                 # second entry before the response can start (most bodies are one chunk).
-                self._plain = type(self._iter) in _PLAIN_ITERATORS
-                if not self._plain:
+                plain = type(self._iter) in _PLAIN_ITERATORS
+                if not plain:
                     try:
                         self._first = next(self._iter)
                     except StopIteration:
                         self._ended = True
+                if not plain or hasattr(self._inner, "close"):
+                    # Later chunks and close() run in a copy of this context: the
+                    # request current, its deadline as anchored now, and what the app
+                    # set. One Context.run per entry instead of setting and resetting
+                    # the request's variables each time.
+                    self._context = contextvars.copy_context()
         except BaseException:
             self._fail()
             raise
@@ -361,11 +369,8 @@ class _Response:
             raise StopIteration
         assert self._iter is not None
         try:
-            if self._plain:
-                chunk = next(self._iter)
-            else:
-                with self.request:
-                    chunk = next(self._iter)
+            context = self._context
+            chunk = next(self._iter) if context is None else context.run(next, self._iter)
         except StopIteration:
             raise
         except BaseException:
@@ -388,8 +393,11 @@ class _Response:
         try:
             close = getattr(self._inner, "close", None)
             if close is not None:
-                with self.request:
+                context = self._context
+                if context is None:
                     close()
+                else:
+                    context.run(close)
         finally:
             if not self.request.finished:
                 complete = sys.exc_info()[0] is None and self.status != 0

@@ -4,12 +4,14 @@ request's context, and route naming only for spans that record."""
 
 from __future__ import annotations
 
+import contextvars
 import io
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
 
+from meshsdk.deadline import current_deadline
 from meshsdk.inbound.handler import current_request, route_wanted, set_route
 from meshsdk.inbound.wsgi import MeshWSGIMiddleware, environ_facts
 from meshsdk.mesh import Mesh
@@ -180,3 +182,44 @@ def test_a_route_set_by_the_app_wins_over_the_callback(capture: Capture) -> None
     run(MeshWSGIMiddleware(app, mesh, route=lambda env: "/from/callback"), environ())
     [span] = capture.spans(1)
     assert span.name == "/from/app"
+
+
+class _Closing:
+    """A body with app code in ``close()`` (as werkzeug's ClosingIterator runs callbacks)."""
+
+    def __init__(self, chunks: list[bytes], on_close: Callable[[], None]) -> None:
+        self._chunks = iter(chunks)
+        self._on_close = on_close
+
+    def __iter__(self) -> _Closing:
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        self._on_close()
+
+
+def test_chunks_and_close_share_one_context_with_one_deadline(capture: Capture) -> None:
+    seen: list[tuple[object, float | None, str | None]] = []
+    mine: contextvars.ContextVar[str | None] = contextvars.ContextVar("mine", default=None)
+
+    def look() -> None:
+        seen.append((current_request(), current_deadline(), mine.get()))
+
+    def app(env: Any, start_response: Any) -> _Closing:
+        mine.set("set by the app")
+        start_response("200 OK", [])
+        look()
+        return _Closing([b"a", b"b"], look)
+
+    status, chunks = run(meshed(capture, app),
+                         environ(HTTP_X_ENVOY_EXPECTED_RQ_TIMEOUT_MS="5000"))
+    assert (status, chunks) == ("200 OK", [b"a", b"b"])
+    assert len(seen) == 2
+    (request, deadline, var), later = seen
+    assert request is not None and later[0] is request
+    assert deadline is not None and later[1] == deadline  # anchored once, when called
+    assert var == later[2] == "set by the app"  # close() sees what the app set
+    assert current_deadline() is None and current_request() is None  # undone after
