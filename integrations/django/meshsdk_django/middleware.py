@@ -11,6 +11,7 @@ recorded when the server closes the response, so streamed bodies are counted who
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import lru_cache
 from typing import Any
@@ -96,10 +97,15 @@ def denial(inbound: InboundRequest) -> HttpResponse:
 class _Recorder:
     """Counts a response's bytes and records the request when the server closes it."""
 
-    def __init__(self, inbound: InboundRequest, response: HttpResponseBase) -> None:
+    def __init__(self, inbound: InboundRequest, response: HttpResponseBase,
+                 context: contextvars.Context | None = None) -> None:
         self.inbound = inbound
         self.response = response
         self.sent = 0
+        # a sync stream's chunks run in this copy of the context the view ran in (taken
+        # inside ``with inbound:``): the request current and its deadline as anchored
+        # then, one Context.run per chunk
+        self.context = context
 
     def install(self) -> HttpResponseBase:
         response = self.response
@@ -129,9 +135,13 @@ class _Recorder:
 
     def _count(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
         iterator = iter(chunks)
+        context = self.context
         while True:
-            with self.inbound:  # a generator calling the mesh stays in the trace
-                chunk = next(iterator, None)
+            if context is None:
+                with self.inbound:  # a generator calling the mesh stays in the trace
+                    chunk = next(iterator, None)
+            else:
+                chunk = context.run(next, iterator, None)
             if chunk is None:
                 return
             self.sent += len(chunk)
@@ -170,15 +180,18 @@ class MeshMiddleware:
             return denial(inbound)
         apply_changes(request, inbound)
         setattr(request, REQUEST_ATTRIBUTE, inbound)
+        context = None
         try:
             with inbound:
                 response = self.get_response(request)
+                if response.streaming:
+                    context = contextvars.copy_context()
         except BaseException:
             inbound.finish(500)
             raise
         if inbound.wants_route:  # only a span that records shows the name
             inbound.route = route_of(request) or inbound.route
-        return _Recorder(inbound, response).install()
+        return _Recorder(inbound, response, context).install()
 
     async def _acall(self, request: HttpRequest) -> HttpResponseBase:
         inbound = await _start_async(self.handler, request)
@@ -186,16 +199,19 @@ class MeshMiddleware:
             return denial(inbound)
         apply_changes(request, inbound)
         setattr(request, REQUEST_ATTRIBUTE, inbound)
+        context = None
         try:
             with inbound:
                 pending: Awaitable[HttpResponseBase] = self.get_response(request)
                 response = await pending
+                if response.streaming:
+                    context = contextvars.copy_context()
         except BaseException:
             inbound.finish(500)
             raise
         if inbound.wants_route:  # only a span that records shows the name
             inbound.route = route_of(request) or inbound.route
-        return _Recorder(inbound, response).install()
+        return _Recorder(inbound, response, context).install()
 
 
 __all__ = ["MeshMiddleware", "apply_changes", "denial", "request_facts", "route_of"]

@@ -33,6 +33,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from meshsdk.deadline import current_deadline
+from meshsdk.inbound.handler import current_request
 from meshsdk.inbound.servers import UvicornThread, uvicorn_config
 from meshsdk.telemetry.metrics import DEFAULT_VIEW, MetricsView
 from meshsdk.telemetry.record import CallRecord
@@ -95,6 +97,14 @@ async def astream(request: HttpRequest) -> StreamingHttpResponse:
     return StreamingHttpResponse(chunks(), content_type="text/plain")
 
 
+def deadlines(request: HttpRequest) -> StreamingHttpResponse:
+    """Each chunk says what it sees: the caller's deadline and whether a request is current."""
+    def chunks() -> Iterator[bytes]:
+        for _ in range(3):
+            yield f"{current_deadline()!r} {current_request() is not None}\n".encode()
+    return StreamingHttpResponse(chunks(), content_type="text/plain")
+
+
 def boom(request: HttpRequest) -> HttpResponse:
     raise RuntimeError("boom")
 
@@ -104,7 +114,7 @@ def admin(request: HttpRequest) -> HttpResponse:
 
 
 shop_patterns = [path("orders/<int:order_id>", order), path("stream", stream),
-                 path("astream", astream)]
+                 path("astream", astream), path("deadlines", deadlines)]
 urlpatterns = [path("shop/", include(shop_patterns)), path("boom", boom),
                path("admin/panel", admin)]
 
@@ -226,6 +236,16 @@ def test_streamed_bodies_are_counted_whole(server: Any, view: str) -> None:
     assert record.reporter == "destination"
     assert record.status == 200
     assert record.bytes_sent == len(r.content)
+
+
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume")  # Django's hint
+def test_streamed_chunks_see_the_request_and_one_deadline(server: Any) -> None:
+    r = get(server, "/shop/deadlines", **{"x-envoy-expected-rq-timeout-ms": "5000"})
+    assert r.status_code == 200
+    lines = r.text.splitlines()
+    assert len(lines) == 3 and len(set(lines)) == 1  # anchored once, not per chunk
+    deadline, current = lines[0].split()
+    assert deadline != "None" and current == "True"
 
 
 def test_a_view_that_raises_is_recorded_as_500(server: Any) -> None:
