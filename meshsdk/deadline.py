@@ -28,10 +28,17 @@ def current_deadline() -> float | None:
 
 @contextmanager
 def deadline_scope(seconds: float | None, *,
-                   clock: Callable[[], float] = time.monotonic) -> Iterator[float | None]:
-    """Run a block with at most ``seconds`` left; an enclosing tighter deadline wins."""
+                   clock: Callable[[], float] = time.monotonic,
+                   at: float | None = None) -> Iterator[float | None]:
+    """Run a block with at most ``seconds`` left; an enclosing tighter deadline wins.
+
+    ``at`` gives the deadline itself instead (``clock`` seconds), for a request entered
+    several times (a streamed body): each entry gets the deadline fixed at the first."""
     outer = _deadline.get()
-    new = None if seconds is None else clock() + max(seconds, 0.0)
+    if at is not None:
+        new: float | None = at
+    else:
+        new = None if seconds is None else clock() + max(seconds, 0.0)
     if outer is not None and (new is None or outer < new):
         new = outer
     token = _deadline.set(new)

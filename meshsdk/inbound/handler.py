@@ -29,6 +29,7 @@ import asyncio
 import contextvars
 import ipaddress
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -472,8 +473,8 @@ class InboundRequest:
     app's answer; run the app inside ``with request:``; then :meth:`finish`.
     """
 
-    __slots__ = ("_entered", "added", "allowed", "body", "call", "decision", "finished",
-                 "handler", "headers", "peer", "query", "refused", "removed",
+    __slots__ = ("_deadline", "_entered", "added", "allowed", "body", "call", "decision",
+                 "finished", "handler", "headers", "peer", "query", "refused", "removed",
                  "response_headers", "route", "status", "timeout")
 
     def __init__(self, handler: InboundHandler, *, allowed: bool, refused: bool,
@@ -504,6 +505,7 @@ class InboundRequest:
         self.finished = False
         self._entered: list[tuple[ContextTokens | None, AbstractContextManager[object] | None,
                                   contextvars.Token[InboundRequest | None]]] = []
+        self._deadline: float | None = None  # monotonic; set on the first entry
 
     @property
     def principal(self) -> str | None:
@@ -534,12 +536,15 @@ class InboundRequest:
 
     def __enter__(self) -> InboundRequest:
         """Make the trace context, request id and deadline current (re-entrant: a
-        streaming body is produced in several steps)."""
+        streaming body is produced in several steps; the deadline is fixed on the first
+        entry, so the caller's time is not counted again from each one)."""
         call = self.call
         tokens = call.attach() if call is not None else None
         scope = None
         if self.timeout is not None:
-            scope = deadline_scope(self.timeout)
+            if self._deadline is None:  # counted from the first entry, not each one
+                self._deadline = time.monotonic() + max(self.timeout, 0.0)
+            scope = deadline_scope(None, at=self._deadline)
             scope.__enter__()
         self._entered.append((tokens, scope, _current.set(self)))
         return self

@@ -137,6 +137,19 @@ def test_the_request_context_is_current_inside_with(start: Start, capture: Captu
     assert dict(span.attributes or {})["http.response.status_code"] == 200
 
 
+def test_each_entry_gets_the_deadline_fixed_at_the_first(start: Start) -> None:
+    """A streamed body (WSGI chunks, gRPC stream messages) enters the request once per
+    step: the caller's time counts from the first entry, not again from each."""
+    req = start("GET", "http", HOST, "/reviews/3", [("x-envoy-expected-rq-timeout-ms", "800")],
+                peer=PRODUCTPAGE)
+    seen = []
+    for _ in range(3):
+        with req:
+            seen.append(current_deadline())
+    assert seen[0] is not None and seen == [seen[0]] * 3
+    assert current_deadline() is None
+
+
 def test_grpc_timeout_is_a_deadline_too(start: Start) -> None:
     req = start("POST", "https", HOST, "/reviews/1", [("grpc-timeout", "250m")],
                 peer=PRODUCTPAGE)
