@@ -136,12 +136,10 @@ class _Recorder:
     def _count(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
         iterator = iter(chunks)
         context = self.context
+        assert context is not None  # MeshMiddleware copies one for every streamed response
         while True:
-            if context is None:
-                with self.inbound:  # a generator calling the mesh stays in the trace
-                    chunk = next(iterator, None)
-            else:
-                chunk = context.run(next, iterator, None)
+            # a generator calling the mesh stays in the trace
+            chunk = context.run(next, iterator, None)
             if chunk is None:
                 return
             self.sent += len(chunk)
