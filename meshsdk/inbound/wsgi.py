@@ -84,28 +84,15 @@ fixed for the connection (no post-handshake authentication), and copied out of O
 on each ask, so asked once per connection."""
 
 
-_header_names: dict[str, str] = {}
-"""Environ key -> header name, "" for a key that is no header: a server uses the same
-few keys for every request."""
-_HEADER_NAMES_LIMIT = 4096
-_HEADER_KEY_LENGTH = 72
-
-
 def _header_name(key: str) -> str:
-    """The header name of an environ key, learnt into ``_header_names``."""
+    """The header name of an environ key, "" for a key that is no header."""
     if key.startswith("HTTP_"):
-        name = key[5:].replace("_", "-").lower()
-    elif key == "CONTENT_TYPE":
-        name = "content-type"
-    elif key == "CONTENT_LENGTH":
-        name = "content-length"
-    else:
-        name = ""
-    if len(key) <= _HEADER_KEY_LENGTH:  # a long name is no common one (and costs memory)
-        if len(_header_names) >= _HEADER_NAMES_LIMIT:  # clients inventing header names
-            _header_names.clear()
-        _header_names[key] = name
-    return name
+        return key[5:].replace("_", "-").lower()
+    if key == "CONTENT_TYPE":
+        return "content-type"
+    if key == "CONTENT_LENGTH":
+        return "content-length"
+    return ""
 
 
 _Plan = tuple[tuple[str, ...], tuple[str, ...], bool]
@@ -119,12 +106,10 @@ _CGI_NAMES = ("content-type", "content-length")
 
 
 def _plan(keys: tuple[str, ...]) -> _Plan:
-    names = _header_names
     header_keys: list[str] = []
     header_names: list[str] = []
     for key in keys:
-        found = names.get(key)
-        name = _header_name(key) if found is None else found
+        name = _header_name(key)
         if name:
             header_keys.append(key)
             header_names.append(name)
@@ -152,6 +137,7 @@ def _headers(environ: Environ) -> list[tuple[str, str]]:
     return pairs
 
 
+_HEADER_NAMES_LIMIT = 4096
 _environ_keys: dict[str, str] = {}
 """Header name -> its environ key (names the policies set: JWT outputs, x-request-id)."""
 
