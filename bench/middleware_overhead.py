@@ -101,11 +101,17 @@ def make_mesh(config_dir: str) -> Any:
     return Mesh.from_config(config_dir, workload, telemetry=telemetry)
 
 
-def dispatch(bare: Any, meshed: Any) -> Callable[..., Any]:
-    """One WSGI app: ``/mesh/...`` to ``meshed``, everything else to ``bare``."""
+VARIANTS = ("bare", "control", "mesh")
+"""``control`` is a second bare app, built and served like ``bare``: what the two differ
+by is this machine's noise, not the mesh's cost (see the module docstring)."""
+
+
+def dispatch(apps: dict[str, Any]) -> Callable[..., Any]:
+    """One WSGI app: ``/<variant>/...`` to that variant's app (``apps`` by name)."""
+    by_prefix = {f"/{name}/"[:5]: app for name, app in apps.items()}  # /bare /cont /mesh
+
     def app(environ: dict[str, Any], start_response: Any) -> Any:
-        target = meshed if environ.get("PATH_INFO", "").startswith("/mesh/") else bare
-        return target(environ, start_response)
+        return by_prefix[environ.get("PATH_INFO", "")[:5]](environ, start_response)
     return app
 
 
@@ -121,9 +127,9 @@ def flask_app(config_dir: str) -> Any:
             return "hello"
         return app
 
-    bare, meshed = build("bare"), build("mesh")
-    MeshFlask(meshed, mesh=make_mesh(config_dir))
-    return dispatch(bare, meshed)
+    apps = {name: build(name) for name in VARIANTS}
+    MeshFlask(apps["mesh"], mesh=make_mesh(config_dir))
+    return dispatch(apps)
 
 
 def fastapi_app(config_dir: str) -> Any:
@@ -131,21 +137,23 @@ def fastapi_app(config_dir: str) -> Any:
     from fastapi.responses import PlainTextResponse
     from meshsdk_fastapi import MeshMiddleware
 
-    bare_app, meshed_app = FastAPI(), FastAPI()
-    for prefix, app in (("bare", bare_app), ("mesh", meshed_app)):
-        @app.get(f"/{prefix}/hello", response_class=PlainTextResponse)
+    apps: dict[str, Any] = {}
+    for name in VARIANTS:
+        apps[name] = FastAPI()
+
+        @apps[name].get(f"/{name}/hello", response_class=PlainTextResponse)
         async def hello() -> str:
             return "hello"
-    meshed = MeshMiddleware(meshed_app, mesh=make_mesh(config_dir))
+    apps["mesh"] = MeshMiddleware(apps["mesh"], mesh=make_mesh(config_dir))
+    by_prefix = {f"/{name}/"[:5]: app for name, app in apps.items()}
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        target = meshed if str(scope.get("path", "")).startswith("/mesh/") else bare_app
-        await target(scope, receive, send)
+        await by_prefix[str(scope.get("path", ""))[:5]](scope, receive, send)
     return app
 
 
 def django_app(config_dir: str) -> Any:
-    """Two Django stacks in one process: the same settings, the meshed one with the
+    """Three Django stacks in one process: the same settings, the meshed one with the
     middleware (Django has one settings object, so the middleware is built by hand
     around a second handler instead of listed in MIDDLEWARE)."""
     import django
@@ -162,7 +170,7 @@ def django_app(config_dir: str) -> Any:
         MESHSDK={"CONFIG": config_dir, "WORKLOAD": {
             "name": "hello-v1", "namespace": "default", "labels": WORKLOAD_LABELS,
             "service_account": "hello"}})
-    globals()["urlpatterns"] = [path("bare/hello", hello), path("mesh/hello", hello)]
+    globals()["urlpatterns"] = [path(f"{name}/hello", hello) for name in VARIANTS]
     django.setup()
     import meshsdk_django
     from django.core.handlers.wsgi import WSGIHandler
@@ -176,7 +184,7 @@ def django_app(config_dir: str) -> Any:
             super().load_middleware(is_async)
             self._middleware_chain = MeshMiddleware(self._middleware_chain)
 
-    return dispatch(WSGIHandler(), MeshedHandler())
+    return dispatch({"bare": WSGIHandler(), "control": WSGIHandler(), "mesh": MeshedHandler()})
 
 
 def serve(framework: str, port: int, config_dir: str) -> None:
@@ -215,7 +223,7 @@ def free_port() -> int:
 
 def start_server(framework: str, config_dir: str, log: Path, telemetry: str
                  ) -> tuple[subprocess.Popen[bytes], int] | None:
-    """Start the server process and wait (bounded) until both variants answer."""
+    """Start the server process and wait (bounded) until every variant answers."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT),
                                                         os.environ.get("PYTHONPATH", "")]),
@@ -262,29 +270,49 @@ def timed_calls(client: httpx.Client, url: str, n: int, out: list[int]) -> int:
     return errors
 
 
-def measure(framework: str, port: int, calls: int, blocks: int, warmup: int
-            ) -> dict[str, Any]:
-    """Interleaved blocks of the two variants on one keep-alive client."""
-    samples: dict[str, list[int]] = {"bare": [], "mesh": []}
-    blocks_of: dict[str, list[list[int]]] = {"bare": [], "mesh": []}
+Blocks = dict[str, list[list[int]]]
+"""Each variant's blocks of per-call latencies (nanoseconds), in the order they ran."""
+
+
+def measure(port: int, calls: int, blocks: int, warmup: int) -> tuple[Blocks, int]:
+    """One round on one server process: interleaved blocks of every variant on one
+    keep-alive client, the order rotating so that each variant goes first, second and
+    last equally often. Returns the blocks and how many calls did not answer 200."""
+    blocks_of: Blocks = {variant: [] for variant in VARIANTS}
     errors = 0
     per_block = max(1, calls // blocks)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
-        for variant in samples:
+        for variant in VARIANTS:
             timed_calls(client, f"/{variant}/hello", warmup, [])
         for block in range(blocks):
-            order = ("bare", "mesh") if block % 2 == 0 else ("mesh", "bare")
-            for variant in order:
+            k = block % len(VARIANTS)
+            for variant in VARIANTS[k:] + VARIANTS[:k]:
                 out: list[int] = []
                 errors += timed_calls(client, f"/{variant}/hello", per_block, out)
-                samples[variant].extend(out)
                 blocks_of[variant].append(out)
+    return blocks_of, errors
+
+
+def p50_ratio(blocks_of: Blocks, variant: str) -> float:
+    """p50(variant) / p50(bare) over all the given blocks."""
+    def p50(name: str) -> float:
+        return percentile(sorted(x for block in blocks_of[name] for x in block), 50)
+    return p50(variant) / p50("bare")
+
+
+def summarize(framework: str, rounds: Sequence[Blocks], errors: int) -> dict[str, Any]:
+    """Pool the rounds: p50/p99 per variant over every call, the mesh's and the
+    control's p50 ratio to bare, the ratio's bootstrap interval over all blocks, and
+    each round's ratios on their own."""
+    pooled: Blocks = {v: [b for r in rounds for b in r[v]] for v in VARIANTS}
     result: dict[str, Any] = {"framework": framework, "errors": errors}
-    for variant, values in samples.items():
-        values.sort()
+    for variant, blocks in pooled.items():
+        values = sorted(x for block in blocks for x in block)
         result[variant] = (percentile(values, 50), percentile(values, 99), len(values))
     result["ratio"] = result["mesh"][0] / result["bare"][0]
-    result["interval"] = ratio_interval(blocks_of["bare"], blocks_of["mesh"])
+    result["control"] = result["control"][0] / result["bare"][0]
+    result["interval"] = ratio_interval(pooled["bare"], pooled["mesh"])
+    result["rounds"] = [(p50_ratio(r, "mesh"), p50_ratio(r, "control")) for r in rounds]
     return result
 
 
@@ -299,9 +327,11 @@ def versions() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calls", type=int, default=3000,
-                        help="timed calls per variant and framework (default 3000)")
-    parser.add_argument("--blocks", type=int, default=10)
+    parser.add_argument("--calls", type=int, default=2400,
+                        help="timed calls per variant, framework and round (default 2400)")
+    parser.add_argument("--blocks", type=int, default=12, help="blocks per round (default 12)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="server processes per framework, one after another (default 3)")
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--only", action="append", choices=FRAMEWORKS, default=[])
     parser.add_argument("--telemetry", choices=("istio", "off"), default="istio",
@@ -316,6 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.serve:
         serve(args.serve, args.port, args.config)
         return 0
+    if min(args.calls, args.blocks, args.rounds) < 1:
+        parser.error("--calls, --blocks and --rounds must be at least 1")
     frameworks = args.only or list(FRAMEWORKS)
     command = " ".join(["python", "bench/middleware_overhead.py",
                         *(argv if argv is not None else sys.argv[1:])])
@@ -323,29 +355,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp:
         (Path(tmp) / "policy.yaml").write_text(MESH_YAML, encoding="utf-8")
         for framework in frameworks:
-            log = Path(tmp) / f"{framework}.log"
-            started = start_server(framework, tmp, log, args.telemetry)
-            if started is None:
-                print(f"{framework}: the server did not start:\n"
-                      f"{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
-                return 2
-            proc, port = started
-            try:
-                results.append(measure(framework, port, args.calls, args.blocks,
-                                       args.warmup))
-            finally:
-                stop(proc)
+            rounds: list[Blocks] = []
+            errors = 0
+            for _ in range(args.rounds):
+                log = Path(tmp) / f"{framework}.log"
+                started = start_server(framework, tmp, log, args.telemetry)
+                if started is None:
+                    print(f"{framework}: the server did not start:\n"
+                          f"{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
+                    return 2
+                proc, port = started
+                try:
+                    blocks_of, failed = measure(port, args.calls, args.blocks, args.warmup)
+                finally:
+                    stop(proc)
+                rounds.append(blocks_of)
+                errors += failed
+            results.append(summarize(framework, rounds, errors))
     print(f"$ {command}")
-    print(f"meshsdk inbound middleware overhead: {args.calls} sequential keep-alive GETs per "
-          f"variant in {args.blocks} interleaved blocks, after {args.warmup} warm-up calls")
+    print(f"meshsdk inbound middleware overhead: {args.rounds} rounds (a fresh server "
+          f"process each) of {args.calls} sequential keep-alive GETs per variant in "
+          f"{args.blocks} interleaved blocks, after {args.warmup} warm-up calls")
     print(f"  Python {platform.python_version()}, {versions()}, {os.cpu_count()} CPUs, "
           f"{time.strftime('%Y-%m-%d')}")
     print("  meshed: ALLOW policy checked, PERMISSIVE, " + (
-        "metrics (Prometheus sink), 1% traces (OTel SDK)\n" if args.telemetry == "istio"
-        else "telemetry off\n"))
+        "metrics (Prometheus sink), 1% traces (OTel SDK)" if args.telemetry == "istio"
+        else "telemetry off"))
+    print("  control: a second bare app; its ratio to bare is this run's noise floor\n")
     print(f"{'framework':<9} {'server':<17} {'bare p50':>9} {'mesh p50':>9} {'bare p99':>9} "
-          f"{'mesh p99':>9} {'+p50 us':>8} {'ratio':>6} {'90% interval':>13}  {'target':<10} "
-          f"result")
+          f"{'mesh p99':>9} {'+p50 us':>8} {'ratio':>6} {'90% interval':>13} {'control':>8}  "
+          f"{'target':<10} result")
     missed = False
     for r in results:
         bare, mesh = r["bare"], r["mesh"]
@@ -353,9 +392,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         missed |= not ok
         print(f"{r['framework']:<9} {SERVERS[r['framework']]:<17} {bare[0]:>9.1f} "
               f"{mesh[0]:>9.1f} {bare[1]:>9.1f} {mesh[1]:>9.1f} {mesh[0] - bare[0]:>+8.1f} "
-              f"{r['ratio']:>5.2f}x {r['interval'][0]:>6.2f}-{r['interval'][1]:.2f}  "
-              f"<= {TARGET_P50_RATIO:.2f}x    {'PASS' if ok else 'MISS'}")
-    print("(latencies in microseconds, client-side, per call)")
+              f"{r['ratio']:>5.2f}x {r['interval'][0]:>6.2f}-{r['interval'][1]:.2f} "
+              f"{r['control']:>7.2f}x  <= {TARGET_P50_RATIO:.2f}x    {'PASS' if ok else 'MISS'}")
+    print("(latencies in microseconds, client-side, per call, pooled over the rounds)")
+    print("each round's mesh / bare (control / bare) p50 ratio:")
+    for r in results:
+        print(f"  {r['framework']:<9} " + ", ".join(
+            f"{mesh:.2f}x ({control:.2f}x)" for mesh, control in r["rounds"]))
     if any(r["errors"] for r in results):
         print("\nERRORS: some calls did not answer 200; the numbers above are suspect.")
     return 1 if args.strict and missed else 0
