@@ -7,6 +7,7 @@
     python bench/inbound_micro.py --framework flask   # the real framework stacks (also
                                                       # fastapi, django), plugin included
     python bench/inbound_micro.py --instructions --framework flask   # counted by valgrind
+    python bench/inbound_micro.py --instructions --before-response --framework django
 
 Calls :class:`~meshsdk.inbound.wsgi.MeshWSGIMiddleware` and
 :class:`~meshsdk.inbound.asgi.MeshASGIMiddleware` around a trivial app with a fake
@@ -35,6 +36,15 @@ between runs; the count repeats closely, so it tells whether a change made the m
 own work smaller. It weighs no cache misses and no kernel time. Two valgrind runs per
 path, one to two minutes each here with the default 1,000 requests; needs Debian's
 ``valgrind``.
+
+``--before-response`` (with ``--instructions``, WSGI paths: core, Flask, Django) counts
+only the part of each request before its response goes out: the app call and the body's
+first chunk, which a WSGI server writes at once. That is the part a client waits for;
+``bench/work_placement.py`` shows that server work after the response (the rest of the
+body and ``close()``, where the mesh records the request) adds nothing to a sequential
+client's latency here, and work before it adds more than its own time. How: the loop
+runs that part inside ``functools.reduce`` (which nothing else on these paths calls) and
+callgrind collects only inside that function (``--toggle-collect``).
 """
 
 from __future__ import annotations
@@ -42,8 +52,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import functools
 import gc
 import io
+import itertools
 import os
 import pstats
 import random
@@ -125,17 +137,35 @@ async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"hello"})
 
 
-def wsgi_loop(app: Any, n: int, path: str = "/mesh/hello") -> None:
-    """``n`` requests the way a WSGI server drives an app (iterate, then close)."""
+def wsgi_loop(app: Any, n: int, path: str = "/mesh/hello", split: bool = False) -> None:
+    """``n`` requests the way a WSGI server drives an app (iterate, then close).
+    ``split``: the part before the response (the call and the first chunk) runs inside
+    ``functools.reduce``, for ``--before-response`` to count alone."""
     def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
         return None
+
     for _ in range(n):
-        body = app(environ(path), start_response)
-        for _chunk in body:
+        env = environ(path)
+        if split:
+            body, chunks = functools.reduce(lambda _a, _b: _before(app, env, start_response),
+                                            (None, None))
+        else:
+            body = app(env, start_response)
+            chunks = iter(body)
+        for _chunk in chunks:
             pass
         close = getattr(body, "close", None)
         if close is not None:
             close()
+
+
+def _before(app: Any, env: dict[str, Any], start_response: Any) -> tuple[Any, Any]:
+    """Call the app and take its first chunk: what a WSGI server does before it writes
+    the response. Returns the body and an iterator over what is left of it."""
+    body = app(env, start_response)
+    chunks = iter(body)
+    first = next(chunks, None)
+    return body, (chunks if first is None else itertools.chain((first,), chunks))
 
 
 def asgi_loop(app: Any, n: int, path: str = "/mesh/hello") -> None:
@@ -198,8 +228,9 @@ INSTRUCTION_BASE = 200
 """Requests in the shorter of the two counted runs (see ``--instructions``)."""
 
 
-def run_loop(framework: str, path: str, calls: int) -> None:
-    """The counted part of ``--instructions``: one process, warm-up then ``calls`` requests."""
+def run_loop(framework: str, path: str, calls: int, split: bool = False) -> None:
+    """The counted part of ``--instructions``: one process, warm-up then ``calls`` requests
+    (``split``: see :func:`wsgi_loop`)."""
     random.seed(0)
     with tempfile.TemporaryDirectory(prefix="mesh-micro-") as tmp:
         (Path(tmp) / "policy.yaml").write_text(overhead.MESH_YAML, encoding="utf-8")
@@ -214,7 +245,12 @@ def run_loop(framework: str, path: str, calls: int) -> None:
             build = {"flask": overhead.flask_app, "fastapi": overhead.fastapi_app,
                      "django": overhead.django_app}[framework]
             app = build(tmp)
-        loop = asgi_loop if framework in ("asgi", "fastapi") else wsgi_loop
+        if framework in ("asgi", "fastapi"):
+            def loop(app: Any, n: int, path: str) -> None:
+                asgi_loop(app, n, path)
+        else:
+            def loop(app: Any, n: int, path: str) -> None:
+                wsgi_loop(app, n, path, split)
         loop(app, 300, path)
         # what exists now is never garbage: frozen, a full collection falling inside
         # one run and not the other (tens of millions of instructions over the
@@ -224,8 +260,9 @@ def run_loop(framework: str, path: str, calls: int) -> None:
         loop(app, calls, path)
 
 
-def count_instructions(framework: str, calls: int) -> int:
-    """``--instructions``: bare and meshed instructions per request, printed."""
+def count_instructions(framework: str, calls: int, before_response: bool = False) -> int:
+    """``--instructions``: bare and meshed instructions per request, printed
+    (``before_response``: only the part before the response goes out)."""
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         print("valgrind is not installed (Debian: apt-get install -y valgrind)",
@@ -237,8 +274,13 @@ def count_instructions(framework: str, calls: int) -> int:
     name = "wsgi" if framework == "core" else framework  # core: the WSGI adapter
 
     def total(path: str, n: int, workdir: str) -> int:
-        return callgrind.total(valgrind, [__file__, "--run-loop", name, path, str(n)], env,
-                               Path(workdir) / f"callgrind.{n}", f"{name} {path}")
+        script = [__file__, "--run-loop", name, path, str(n)]
+        if before_response:
+            script.append("--split")
+        return callgrind.total(valgrind, script, env, Path(workdir) / f"callgrind.{n}",
+                               f"{name} {path}", options=toggle)
+
+    toggle = ["--toggle-collect=functools_reduce"] if before_response else []
 
     counts = {}
     with tempfile.TemporaryDirectory(prefix="mesh-micro-ir-") as tmp:
@@ -246,8 +288,9 @@ def count_instructions(framework: str, calls: int) -> int:
             more = total(path, INSTRUCTION_BASE + calls, tmp)
             counts[path] = (more - total(path, INSTRUCTION_BASE, tmp)) / calls
     bare, meshed = counts["/bare/hello"], counts["/mesh/hello"]
-    print(f"in-process {name}, bench/middleware_overhead.py's mesh, instructions per request "
-          f"(callgrind, {calls} requests), Python {sys.version.split()[0]}")
+    part = " before the response" if before_response else ""
+    print(f"in-process {name}, bench/middleware_overhead.py's mesh, instructions per request"
+          f"{part} (callgrind, {calls} requests), Python {sys.version.split()[0]}")
     print(f"{'path':<8} {'bare':>10} {'mesh':>10} {'added':>10} {'ratio':>6}")
     print(f"{name:<8} {bare:>10,.0f} {meshed:>10,.0f} {meshed - bare:>+10,.0f} "
           f"{meshed / bare:>5.2f}x")
@@ -260,7 +303,11 @@ def main() -> int:
                         help="requests per measurement (default 5000; 1000 counted)")
     parser.add_argument("--instructions", action="store_true",
                         help="count instructions under valgrind instead of timing")
+    parser.add_argument("--before-response", action="store_true",
+                        help="with --instructions: count only the part of each request "
+                             "before its response goes out (WSGI paths)")
     parser.add_argument("--run-loop", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--split", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--telemetry", choices=("istio", "off"), default="istio")
     parser.add_argument("--profile", choices=("wsgi", "asgi", "framework"),
                         help="cProfile the WSGI or ASGI loop, or the --framework app")
@@ -272,11 +319,14 @@ def main() -> int:
     args = parser.parse_args()
     if args.run_loop:
         framework, path, calls = args.run_loop
-        run_loop(framework, path, int(calls))
+        run_loop(framework, path, int(calls), args.split)
         return 0
+    if args.before_response and (not args.instructions or args.framework == "fastapi"):
+        parser.error("--before-response counts instructions (--instructions) on the WSGI "
+                     "paths: core, flask, django")
     os.environ["MESH_BENCH_TELEMETRY"] = args.telemetry
     if args.instructions:
-        return count_instructions(args.framework, args.calls or 1000)
+        return count_instructions(args.framework, args.calls or 1000, args.before_response)
     args.calls = args.calls or 5000
     if args.framework != "core":
         return frameworks(args.framework, args.calls, args.profile is not None)
