@@ -54,6 +54,14 @@ def wildcard_matches(pattern: str, host: str) -> bool:
     return pattern == host
 
 
+def join_host_port(host: str, port: int | None) -> str:
+    """The reverse of :func:`split_host_port`: ``host:port`` (IPv6 in brackets), or
+    ``host`` alone without a port."""
+    if port is None:
+        return host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def split_host_port(authority: str) -> tuple[str, int | None]:
     """``reviews:9080`` -> ("reviews", 9080); ``[::1]:80`` -> ("::1", 80); no port -> None."""
     authority = authority.strip().lower()

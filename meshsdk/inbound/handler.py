@@ -153,13 +153,6 @@ def _split_address(address: tuple[str, int] | str | None) -> tuple[str | None, i
     return address, None
 
 
-def _join_address(ip: str | None, port: int | None) -> str | None:
-    if ip is None:
-        return None
-    host = f"[{ip}]" if ":" in ip else ip
-    return f"{host}:{port}" if port is not None else ip
-
-
 _TRUSTED_CACHE_LIMIT = 1024
 
 
@@ -294,17 +287,17 @@ class InboundHandler:
                remote_port: int | None, local_ip: str | None, local_port: int | None,
                cert: PeerCertificate | None, peer: str | None, server_name: str | None,
                route: str | None) -> InboundRequest:
-        pending = self._begin(method, scheme, authority, path, headers, remote_ip,
+        request = self._begin(method, scheme, authority, path, headers, remote_ip,
                               remote_port, local_ip, local_port, cert, peer, server_name,
                               route)
-        if pending.refused:
-            return self._complete(pending, None)
+        if request.refused:
+            return self._complete(request, None)
         try:
-            decision = self._check(pending)
+            decision = self._check(request)
         except BaseException:
-            pending.abort()
+            request._abort()
             raise
-        return self._complete(pending, decision)
+        return self._complete(request, decision)
 
     async def _start_async(self, method: str, scheme: str, authority: str, path: str,
                            headers: list[tuple[str, str]], remote_ip: str | None,
@@ -312,27 +305,29 @@ class InboundHandler:
                            local_port: int | None, cert: PeerCertificate | None,
                            peer: str | None, server_name: str | None,
                            route: str | None) -> InboundRequest:
-        pending = self._begin(method, scheme, authority, path, headers, remote_ip,
+        request = self._begin(method, scheme, authority, path, headers, remote_ip,
                               remote_port, local_ip, local_port, cert, peer, server_name,
                               route)
-        if pending.refused:
-            return self._complete(pending, None)
+        if request.refused:
+            return self._complete(request, None)
         try:
-            if pending.security.may_block:
-                decision = await asyncio.to_thread(self._check, pending)
+            if request._security.may_block:
+                decision = await asyncio.to_thread(self._check, request)
             else:
-                decision = self._check(pending)
+                decision = self._check(request)
         except BaseException:
-            pending.abort()
+            request._abort()
             raise
-        return self._complete(pending, decision)
+        return self._complete(request, decision)
 
     def _begin(self, method: str, scheme: str, authority: str, path: str,
                items: list[tuple[str, str]], remote_ip: str | None, remote_port: int | None,
                local_ip: str | None, local_port: int | None, cert: PeerCertificate | None,
-               peer: str | None, server_name: str | None, route: str | None) -> _Pending:
+               peer: str | None, server_name: str | None, route: str | None
+               ) -> InboundRequest:
+        """Identity, telemetry start and deadline: the request before its verdict."""
         compiled = self._security()
-        removed: list[str] = []
+        removed: tuple[str, ...] = ()
         if peer is None and cert is not None:
             peer = peer_from_certificate(cert)
         # one pass over the headers for everything looked up by name below
@@ -357,7 +352,7 @@ class InboundHandler:
                                     remote_ip, exc)
             else:  # anyone can write the header: only a trusted sidecar's counts
                 items = [(k, v) for k, v in items if k != XFCC_HEADER]
-                removed.append(XFCC_HEADER)
+                removed = (XFCC_HEADER,)
         port = self.port if self.port is not None else local_port
         policy = compiled.security.mtls
         mode = policy.mode_for(port) if port is not None else policy.mode
@@ -365,59 +360,50 @@ class InboundHandler:
         call = None
         telemetry = self.mesh.telemetry
         if telemetry is not None:
-            call = telemetry.inbound(
-                method, scheme, authority, path, items, source=_source_of(peer),
-                remote_address=_join_address(remote_ip, remote_port),
-                local_address=_join_address(local_ip, local_port), server_name=server_name,
-                security_policy="mutual_tls" if peer is not None else "none",
-                span_name=route)
-        added: list[tuple[str, str]] = []
+            # the call shares ``items``: a request id it makes up is appended for both
+            call = telemetry._inbound(
+                method, scheme, authority, path, items, _source_of(peer), None,
+                None if remote_ip is None else (remote_ip, remote_port),
+                None if local_ip is None else (local_ip, local_port), server_name,
+                "mutual_tls" if peer is not None else "none", route)
+        added: tuple[tuple[str, str], ...] = ()
         if not has_request_id and call is not None:
-            added.append((REQUEST_ID, call.request_id))  # Envoy adds it for the app too
-            items.append(added[-1])
+            added = ((REQUEST_ID, call.request_id),)  # Envoy adds it for the app too
         timeout = _timeout_from(timeouts) if timeouts else None
-        return _Pending(self, compiled, method, authority, path, items, removed, added,
-                        remote_ip, local_ip, port, peer, server_name, route, call, refused,
-                        timeout)
+        return InboundRequest(self, compiled, method, authority, path, items, removed, added,
+                              remote_ip, local_ip, port, peer, server_name, route, call,
+                              refused, timeout)
 
-    def _check(self, p: _Pending) -> InboundDecision:
-        return p.security.security.check(
-            method=p.method, host=p.authority, path=p.path, headers=p.headers, peer=p.peer,
-            source_ip=p.remote_ip, remote_ip=p.remote_ip, destination_ip=p.local_ip,
-            destination_port=p.port, sni=p.server_name)
+    def _check(self, r: InboundRequest) -> InboundDecision:
+        return r._security.security.check(
+            method=r.method, host=r.authority, path=r.path, headers=r.headers, peer=r.peer,
+            source_ip=r.remote_ip, remote_ip=r.remote_ip, destination_ip=r.local_ip,
+            destination_port=r.port, sni=r.server_name)
 
-    def _complete(self, p: _Pending, decision: InboundDecision | None) -> InboundRequest:
-        timeout = p.timeout
+    def _complete(self, r: InboundRequest, decision: InboundDecision | None
+                  ) -> InboundRequest:
+        """Fill in the verdict: a STRICT refusal (no decision), a denial or an allow."""
+        r.decision = decision
         if decision is None:  # STRICT without a verified peer
-            return InboundRequest(
-                self, allowed=False, refused=True, status=503, body=RESET_BODY,
-                response_headers=_local_reply_headers((), RESET_BODY), headers=p.headers,
-                removed=tuple(p.removed), added=tuple(p.added), query=None, peer=None,
-                decision=None, call=p.call, route=p.route, timeout=timeout)
-        if not decision.allowed:
-            body = decision.body
-            return InboundRequest(
-                self, allowed=False, refused=False, status=decision.status or 403, body=body,
-                response_headers=_local_reply_headers(decision.response_headers, body),
-                headers=p.headers, removed=tuple(p.removed), added=tuple(p.added), query=None,
-                peer=p.peer, decision=decision, call=p.call, route=p.route, timeout=timeout)
-        headers = p.headers
-        removed = p.removed
-        added = p.added
-        if decision.headers_to_remove or decision.headers_to_set:
-            drop = {n.lower() for n in decision.headers_to_remove}
-            drop.update(n.lower() for n, _ in decision.headers_to_set)
-            headers = [(k, v) for k, v in headers if k not in drop]
-            headers.extend((k.lower(), v) for k, v in decision.headers_to_set)
-            removed = [*removed, *sorted(drop)]
-            added = [(k, v) for k, v in added if k not in drop]
-            added.extend((k.lower(), v) for k, v in decision.headers_to_set)
-        return InboundRequest(
-            self, allowed=True, refused=False, status=None, body=b"",
-            response_headers=tuple(decision.response_headers), headers=headers,
-            removed=tuple(removed), added=tuple(added),
-            query=decision.query, peer=p.peer, decision=decision, call=p.call,
-            route=p.route, timeout=timeout)
+            r.status, r.body, r.peer = 503, RESET_BODY, None
+            r.response_headers = _local_reply_headers((), RESET_BODY)
+        elif not decision.allowed:
+            r.status, r.body = decision.status or 403, decision.body
+            r.response_headers = _local_reply_headers(decision.response_headers, decision.body)
+        else:
+            r.allowed = True
+            r.response_headers = tuple(decision.response_headers)
+            r.query = decision.query
+            if decision.headers_to_remove or decision.headers_to_set:
+                drop = {n.lower() for n in decision.headers_to_remove}
+                drop.update(n.lower() for n, _ in decision.headers_to_set)
+                headers = [(k, v) for k, v in r.headers if k not in drop]
+                headers.extend((k.lower(), v) for k, v in decision.headers_to_set)
+                r.headers = headers
+                r.removed = (*r.removed, *sorted(drop))
+                r.added = (*((k, v) for k, v in r.added if k not in drop),
+                           *((k.lower(), v) for k, v in decision.headers_to_set))
+        return r
 
 
 def _local_reply_headers(extra: Iterable[tuple[str, str]], body: bytes
@@ -428,34 +414,6 @@ def _local_reply_headers(extra: Iterable[tuple[str, str]], body: bytes
         out.append(("content-type", "text/plain"))
     out.append(("content-length", str(len(body))))
     return tuple(out)
-
-
-@dataclass(slots=True, eq=False)
-class _Pending:
-    """A request between the telemetry start and the security verdict."""
-
-    handler: InboundHandler
-    security: _Security
-    method: str
-    authority: str
-    path: str
-    headers: list[tuple[str, str]]
-    removed: list[str]
-    added: list[tuple[str, str]]
-    remote_ip: str | None
-    local_ip: str | None
-    port: int | None
-    peer: str | None
-    server_name: str | None
-    route: str | None
-    call: InboundCall | None
-    refused: bool
-    timeout: float | None
-
-    def abort(self) -> None:
-        """The check itself failed: record a 500 so the request is not lost."""
-        if self.call is not None:
-            self.call.finish(500)
 
 
 class InboundRequest:
@@ -471,41 +429,61 @@ class InboundRequest:
     and ``added`` pairs put in: JWT outputs, XFCC from untrusted addresses removed) and,
     when not None, ``query`` as the new query string; add ``response_headers`` to the
     app's answer; run the app inside ``with request:``; then :meth:`finish`.
+
+    The request as the handler saw it stays readable: ``method``, ``authority``,
+    ``path``, ``remote_ip``, ``local_ip``, ``port``, ``server_name``.
     """
 
-    __slots__ = ("_deadline", "_entered", "added", "allowed", "body", "call", "decision",
-                 "finished", "handler", "headers", "peer", "query", "refused", "removed",
-                 "response_headers", "route", "status", "timeout")
+    __slots__ = ("_deadline", "_entered", "_security", "added", "allowed", "authority",
+                 "body", "call", "decision", "finished", "handler", "headers", "local_ip",
+                 "method", "path", "peer", "port", "query", "refused", "remote_ip", "removed",
+                 "response_headers", "route", "server_name", "status", "timeout")
 
-    def __init__(self, handler: InboundHandler, *, allowed: bool, refused: bool,
-                 status: int | None, body: bytes,
-                 response_headers: tuple[tuple[str, str], ...],
-                 headers: list[tuple[str, str]], removed: tuple[str, ...],
-                 added: tuple[tuple[str, str], ...], query: str | None, peer: str | None,
-                 decision: InboundDecision | None, call: InboundCall | None,
-                 route: str | None, timeout: float | None) -> None:
+    def __init__(self, handler: InboundHandler, security: _Security, method: str,
+                 authority: str, path: str, headers: list[tuple[str, str]],
+                 removed: tuple[str, ...], added: tuple[tuple[str, str], ...],
+                 remote_ip: str | None, local_ip: str | None, port: int | None,
+                 peer: str | None, server_name: str | None, route: str | None,
+                 call: InboundCall | None, refused: bool, timeout: float | None) -> None:
+        # Built by the handler before the verdict (positional: this runs on every
+        # request, before the app), which InboundHandler._complete then fills in.
         self.handler = handler
-        self.allowed = allowed
-        self.refused = refused
-        self.status = status
-        self.body = body
-        self.response_headers = response_headers
+        self._security = security
+        self.method = method
+        self.authority = authority
+        self.path = path
+        """The request line's target, query string included."""
         self.headers = headers
         self.removed = removed
         self.added = added
-        self.query = query
+        self.remote_ip = remote_ip
+        self.local_ip = local_ip
+        self.port = port
+        """The workload port whose PeerAuthentication mode applied."""
         self.peer = peer
         """The caller's verified SPIFFE ID (None: plaintext, or not known)."""
-        self.decision = decision
-        self.call = call
+        self.server_name = server_name
         self.route = route
         """The route template naming the server span; plugins set it after routing."""
+        self.call = call
+        self.refused = refused
         self.timeout = timeout
         """The caller's remaining time in seconds, from its timeout header."""
+        self.allowed = False
+        self.status: int | None = None
+        self.body = b""
+        self.response_headers: tuple[tuple[str, str], ...] = ()
+        self.query: str | None = None
+        self.decision: InboundDecision | None = None
         self.finished = False
         self._entered: list[tuple[ContextTokens | None, AbstractContextManager[object] | None,
                                   contextvars.Token[InboundRequest | None]]] = []
         self._deadline: float | None = None  # monotonic; set on the first entry
+
+    def _abort(self) -> None:
+        """The check itself failed: record a 500 so the request is not lost."""
+        if self.call is not None:
+            self.call.finish(500)
 
     @property
     def principal(self) -> str | None:

@@ -32,7 +32,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TraceState
 
-from meshsdk.config.hosts import kube_service_parts, split_host_port
+from meshsdk.config.hosts import join_host_port, kube_service_parts, split_host_port
 from meshsdk.config.mesh import MeshConfig
 from meshsdk.config.resource import Config
 from meshsdk.outcome import format_flags, response_code_details
@@ -87,6 +87,10 @@ _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 
 _TRACE_OR_ID = TRACE_HEADERS | {REQUEST_ID}
 """The inbound request headers read before the app runs."""
+
+
+Address = str | tuple[str, int | None]
+"""A connection's end as the drivers know it: ``ip:port`` text or an ``(ip, port)`` pair."""
 
 
 def current_request_id() -> str | None:
@@ -427,16 +431,29 @@ class Telemetry:
 
     def inbound(self, method: str, scheme: str, authority: str, path: str,
                 headers: Sequence[tuple[str, str]], *, source: Peer | None = None,
-                service: Service | None = None, remote_address: str | None = None,
-                local_address: str | None = None, server_name: str | None = None,
+                service: Service | None = None, remote_address: Address | None = None,
+                local_address: Address | None = None, server_name: str | None = None,
                 security_policy: str = "none", span_name: str | None = None
                 ) -> InboundCall:
         """Start an inbound request: extract the caller's trace context (W3C or B3),
         decide sampling, open the server span. ``with call:`` makes it current for
         the handler; :meth:`InboundCall.finish` records it (reporter ``destination``).
-        ``headers`` are the request's, names lower-case."""
+        ``headers`` are the request's, names lower-case. The connection's addresses
+        are ``ip:port`` text or ``(ip, port)`` pairs (written out only when recorded,
+        after the response)."""
+        return self._inbound(method, scheme, authority, path, list(headers), source, service,
+                             remote_address, local_address, server_name, security_policy,
+                             span_name)
+
+    def _inbound(self, method: str, scheme: str, authority: str, path: str,
+                 items: list[tuple[str, str]], source: Peer | None, service: Service | None,
+                 remote_address: Address | None, local_address: Address | None,
+                 server_name: str | None, security_policy: str, span_name: str | None
+                 ) -> InboundCall:
+        """:meth:`inbound` for the inbound handler, before every app call: positional
+        arguments, and ``items`` a list the call keeps (the request id it makes up, when
+        the request has none, is appended to it)."""
         side = self._server
-        items = list(headers)
         request_id = None
         traced = False
         # Only what the app's context needs is read now, before the app runs; the
@@ -464,7 +481,11 @@ class Telemetry:
                     "http.request.method": method, "url.path": path.partition("?")[0],
                     "url.scheme": scheme, "server.address": target.host,
                     "mesh.request_id": request_id}
-                if remote_address:
+                if isinstance(remote_address, tuple):
+                    attributes["client.address"] = remote_address[0]
+                    if remote_address[1] is not None:
+                        attributes["client.port"] = remote_address[1]
+                elif remote_address:
                     attributes["client.address"] = remote_address
             span = self._spans.start(span_name or target.span_name, SpanKind.SERVER,
                                      parent.context if parent is not None else None,
@@ -594,6 +615,12 @@ def _custom_tag(tag: Any) -> Callable[[Mapping[str, str]], str | None]:
         name, default = tag.header.name.lower(), tag.header.default_value
         return lambda headers: headers.get(name, default)
     return lambda headers: None
+
+
+def _address_text(address: Address | None) -> str | None:
+    if address is None or isinstance(address, str):
+        return address
+    return join_host_port(*address)
 
 
 def _grpc_status(headers: Iterable[tuple[str, str]]) -> int | None:
@@ -758,8 +785,8 @@ class InboundCall:
     span: Span | None
     source: Peer
     service: Service
-    remote_address: str | None
-    local_address: str | None
+    remote_address: Address | None
+    local_address: Address | None
     server_name: str | None
     security_policy: str
     started: float
@@ -837,13 +864,13 @@ class InboundCall:
                               else tel.peer)
         record.service = self.service
         record.connection_security_policy = self.security_policy
-        record.downstream_remote_address = self.remote_address
-        record.downstream_local_address = self.local_address
+        record.downstream_remote_address = _address_text(self.remote_address)
+        record.downstream_local_address = local = _address_text(self.local_address)
         record.requested_server_name = self.server_name
         record.upstream_cluster = (
             self.upstream_cluster if self.upstream_cluster is not None
             else f"inbound|{split_host_port(self.authority)[1] or ''}||")
-        record.upstream_host = self.local_address
+        record.upstream_host = local
         record.request_header_bytes = header_bytes
         if self.done:
             return record

@@ -22,7 +22,14 @@ from collections.abc import Mapping
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, TraceFlags
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    TraceState,
+)
 
 from meshsdk.telemetry.propagation import Parent
 
@@ -63,7 +70,9 @@ class SpanStarter:
             if span.get_span_context().is_valid:
                 return span
             # the API's no-op tracer (no SDK installed): still propagate a context
-        return NonRecordingSpan(self._context(parent, sampled))
+        trace_id, span_id = self.ids(parent)
+        return UnsampledSpan(trace_id, span_id, sampled,
+                             parent.trace_state if parent is not None else None)
 
     def ids(self, parent: SpanContext | None) -> tuple[int, int]:
         """Trace and span id of a new span that records nothing: the parent's trace (or
@@ -75,11 +84,34 @@ class SpanStarter:
             return parent.trace_id, span_id
         return rng.getrandbits(128) or 1, span_id
 
-    def _context(self, parent: SpanContext | None, sampled: bool) -> SpanContext:
-        trace_id, span_id = self.ids(parent)
-        return SpanContext(trace_id, span_id, is_remote=False,
-                           trace_flags=_SAMPLED if sampled else _NOT_SAMPLED,
-                           trace_state=parent.trace_state if parent is not None else None)
 
 
-__all__ = ["INSTRUMENTATION", "SpanStarter", "decide_sampling"]
+class UnsampledSpan(NonRecordingSpan):
+    """A span that records nothing (most requests): its ids are drawn when it starts,
+    its :class:`SpanContext` is built when first asked for.
+
+    Why: the API's ``SpanContext`` validates its ids in Python as it is built, a few
+    microseconds that a server would spend before its response; most requests make no
+    call that propagates the context, and their record reads the ids after the
+    response. Concurrent first reads may each build one: equal values, either is kept.
+    """
+
+    def __init__(self, trace_id: int, span_id: int, sampled: bool,
+                 trace_state: TraceState | None) -> None:
+        self._context: SpanContext | None = None  # type: ignore[assignment]
+        self._ids = (trace_id, span_id, sampled, trace_state)
+
+    def get_span_context(self) -> SpanContext:
+        context = self._context
+        if context is None:
+            trace_id, span_id, sampled, state = self._ids
+            context = self._context = SpanContext(
+                trace_id, span_id, is_remote=False,
+                trace_flags=_SAMPLED if sampled else _NOT_SAMPLED, trace_state=state)
+        return context
+
+    def __repr__(self) -> str:
+        return f"UnsampledSpan({self.get_span_context()!r})"
+
+
+__all__ = ["INSTRUMENTATION", "SpanStarter", "UnsampledSpan", "decide_sampling"]

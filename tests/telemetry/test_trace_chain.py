@@ -262,3 +262,40 @@ spec:
     attrs = span.attributes or {}
     assert attrs["mesh.attempts"] == 3 and attrs["mesh.response_flags"] == "URX"
     assert span.status.is_ok is False
+
+
+def test_an_unsampled_server_span_keeps_the_callers_trace_and_one_context() -> None:
+    """The span of an unsampled request builds its SpanContext when first asked (after
+    the response, usually): the ids are fixed when it starts, the caller's trace id,
+    state and decision are kept, every read gives the same context, and the record
+    carries those ids."""
+    tel = Telemetry(B_WORKLOAD, rng=random.Random(5), otel_metrics=False)
+    call = tel.inbound("GET", "http", "b:80", "/", [
+        ("traceparent", f"00-{TRACE}-{A_SPAN}-00"), ("tracestate", "vendor=1")])
+    assert call.span is not None and not call.span.is_recording()
+    first = call.span.get_span_context()
+    assert call.span.get_span_context() is first
+    assert f"{first.trace_id:032x}" == TRACE and f"{first.span_id:016x}" != A_SPAN
+    assert not first.trace_flags.sampled and first.trace_state.get("vendor") == "1"
+    with call:
+        headers = dict(call.trace_headers)
+    assert headers["traceparent"] == f"00-{TRACE}-{first.span_id:016x}-00"
+    record = call.finish(200)
+    assert (record.trace_id, record.span_id) == (TRACE, f"{first.span_id:016x}")
+
+
+def test_a_sampled_server_span_names_the_client_address_and_port() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tel = Telemetry(B_WORKLOAD, tracer_provider=provider, otel_metrics=False)
+    call = tel.inbound("GET", "http", "b:80", "/", [
+        ("traceparent", f"00-{TRACE}-{A_SPAN}-01")], remote_address=("::1", 50123),
+        local_address=("::1", 80))
+    record = call.finish(200)
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes is not None
+    assert (span.attributes["client.address"], span.attributes["client.port"]) == ("::1", 50123)
+    # the record writes the addresses out as Envoy logs them
+    assert record.downstream_remote_address == "[::1]:50123"
+    assert record.downstream_local_address == record.upstream_host == "[::1]:80"
