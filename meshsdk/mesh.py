@@ -27,6 +27,7 @@ from meshsdk.dataplane.clusters import ClusterRegistry
 from meshsdk.dataplane.flow import AttemptResult, CallContext, CallResult, Effect, call_flow
 from meshsdk.deadline import current_deadline
 from meshsdk.errors import UsageError
+from meshsdk.randomness import fresh_random
 from meshsdk.routing.request import RequestView
 from meshsdk.transport.async_ import AsyncMeshTransport
 from meshsdk.transport.common import (
@@ -92,7 +93,7 @@ class Mesh:
         self._clock = clock
         self._sleep = sleep
         self._async_sleep = async_sleep
-        self._rng = rng if rng is not None else random.Random()
+        self._rng = rng if rng is not None else fresh_random()
         self._clusters = ClusterRegistry(clock, self._rng)
         self._mirrors = MirrorSender()
         self._observers: list[CallObserver] = []

@@ -56,6 +56,7 @@ from meshsdk.controlplane.wire import (
     subscribe_request,
 )
 from meshsdk.errors import ConfigError, MeshError
+from meshsdk.randomness import fresh_random
 from meshsdk.workload import Workload
 
 if TYPE_CHECKING:
@@ -189,7 +190,7 @@ class ConfigClient:
         self._clock = clock
         self._tls = (tls_roots, server_name)
         self._metadata = () if token is None else (("authorization", f"Bearer {token}"),)
-        self._rng = rng if rng is not None else random.Random()
+        self._rng = rng if rng is not None else fresh_random()
         self._backoff = (initial_backoff, max_backoff, jitter)
         self._lock = threading.Lock()
         self._stop = threading.Event()

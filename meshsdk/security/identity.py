@@ -41,6 +41,7 @@ from typing import Protocol
 
 from cryptography import x509
 
+from meshsdk.randomness import fresh_random
 from meshsdk.security.ca import (
     WORKLOAD_LIFETIME,
     Clock,
@@ -247,7 +248,7 @@ class WorkloadIdentity:
         """Prefer the ``from_*`` constructors. Fetches the first credentials now."""
         self._source = source
         self._clock = clock
-        self._rng = rng if rng is not None else random.Random()
+        self._rng = rng if rng is not None else fresh_random()
         self._poll_interval = poll_interval
         self._lock = threading.Lock()
         self._rotate_lock = threading.Lock()

@@ -36,6 +36,7 @@ from meshsdk.config.hosts import join_host_port, kube_service_parts, split_host_
 from meshsdk.config.mesh import MeshConfig
 from meshsdk.config.resource import Config
 from meshsdk.outcome import format_flags, response_code_details
+from meshsdk.randomness import fresh_random
 from meshsdk.routing.router import BLACKHOLE_ROUTE
 from meshsdk.security.spiffe import SpiffeId
 from meshsdk.telemetry.accesslog import (
@@ -191,7 +192,7 @@ class Telemetry:
         if otel_metrics:
             self._sinks.insert(0, OtelMetrics(meter_provider))
         self._spans = SpanStarter(tracer_provider, rng)
-        self._rng = rng if rng is not None else random.Random()
+        self._rng = rng if rng is not None else fresh_random()
         self._clock = clock
         self._wall = wall_clock
         self._access_logger = access_logger
@@ -423,8 +424,9 @@ class Telemetry:
     def _new_request_id(self) -> str:
         """A random (version 4) UUID, as Envoy generates for ``x-request-id``; from this
         object's random source rather than ``uuid.uuid4()``: an id needs uniqueness,
-        not secrecy, and this is several times cheaper."""
-        h = f"{self._rng.getrandbits(128) & _UUID4_MASK | _UUID4_BITS:032x}"
+        not secrecy, and this is several times cheaper (``bytes.hex`` here is half the
+        cost of formatting the 128-bit int as hex)."""
+        h = (self._rng.getrandbits(128) & _UUID4_MASK | _UUID4_BITS).to_bytes(16).hex()
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
     # -- inbound -------------------------------------------------------------------

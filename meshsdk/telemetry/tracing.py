@@ -31,6 +31,7 @@ from opentelemetry.trace import (
     TraceState,
 )
 
+from meshsdk.randomness import fresh_random
 from meshsdk.telemetry.propagation import Parent
 
 INSTRUMENTATION = "meshsdk"
@@ -54,7 +55,7 @@ class SpanStarter:
     def __init__(self, tracer_provider: trace.TracerProvider | None = None,
                  rng: random.Random | None = None) -> None:
         self._tracer = trace.get_tracer(INSTRUMENTATION, tracer_provider=tracer_provider)
-        self._rng = rng if rng is not None else random.Random()
+        self._rng = rng if rng is not None else fresh_random()
 
     def start(self, name: str, kind: SpanKind, parent: SpanContext | None, sampled: bool,
               report: bool, attributes: Mapping[str, str | int | float | bool],
