@@ -70,6 +70,15 @@ def test_allowed_with_a_verified_peer(start: Start) -> None:
     assert req.added == (("x-request-id", req.request_id),)  # made up by the mesh, as Envoy
 
 
+def test_the_request_keeps_what_the_handler_saw(start: Start) -> None:
+    req = start("GET", "https", HOST, "/reviews/1?x=1", [("host", HOST)], peer=PRODUCTPAGE,
+                client=("10.1.2.3", 5000), server=("10.1.2.4", 9080),
+                server_name="outbound_.9080_._.reviews.default.svc.cluster.local")
+    assert (req.method, req.authority, req.path) == ("GET", HOST, "/reviews/1?x=1")
+    assert (req.remote_ip, req.local_ip, req.port) == ("10.1.2.3", "10.1.2.4", 9080)
+    assert req.server_name == "outbound_.9080_._.reviews.default.svc.cluster.local"
+
+
 def test_denials_are_envoy_local_replies(start: Start) -> None:
     ratings = "spiffe://cluster.local/ns/default/sa/ratings"
     req = start("GET", "https", HOST, "/reviews/1", [], peer=ratings)
