@@ -37,9 +37,10 @@ own work smaller. It weighs no cache misses and no kernel time. Two valgrind run
 path, one to two minutes each here with the default 1,000 requests; needs Debian's
 ``valgrind``.
 
-``--before-response`` (with ``--instructions``, WSGI paths: core, Flask, Django) counts
-only the part of each request before its response goes out: the app call and the body's
-first chunk, which a WSGI server writes at once. That is the part a client waits for;
+``--before-response`` (with ``--instructions``) counts only the part of each request
+before its response goes out: for WSGI the app call and the body's first chunk, which
+a WSGI server writes at once; for ASGI (FastAPI) everything up to the send of the last
+body message. That is the part a client waits for;
 ``bench/work_placement.py`` shows that server work after the response (the rest of the
 body and ``close()``, where the mesh records the request) adds nothing to a sequential
 client's latency here, and work before it adds more than its own time. How: the loop
@@ -168,18 +169,41 @@ def _before(app: Any, env: dict[str, Any], start_response: Any) -> tuple[Any, An
     return body, (chunks if first is None else itertools.chain((first,), chunks))
 
 
-def asgi_loop(app: Any, n: int, path: str = "/mesh/hello") -> None:
-    """``n`` requests on one event loop, as an ASGI server calls the app."""
+def asgi_loop(app: Any, n: int, path: str = "/mesh/hello", split: bool = False) -> None:
+    """``n`` requests on one event loop, as an ASGI server calls the app. ``split``:
+    the part before the response (up to the send of the last body message) runs
+    inside ``functools.reduce``, for ``--before-response`` to count alone; the app
+    waits in that send until the loop is run again for the rest."""
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message: Any) -> None:
-        return None
+    if not split:
+        async def send(message: Any) -> None:
+            return None
 
-    async def run() -> None:
+        async def run() -> None:
+            for _ in range(n):
+                await app(scope(path), receive, send)
+        asyncio.run(run())
+        return
+    loop = asyncio.new_event_loop()
+    try:
         for _ in range(n):
-            await app(scope(path), receive, send)
-    asyncio.run(run())
+            sent: asyncio.Future[None] = loop.create_future()
+            resume: asyncio.Future[None] = loop.create_future()
+
+            async def held_send(message: Any, sent: asyncio.Future[None] = sent,
+                                resume: asyncio.Future[None] = resume) -> None:
+                if message["type"] == "http.response.body" and not message.get("more_body"):
+                    sent.set_result(None)  # the response is out: stop counting here
+                    await resume
+
+            task = loop.create_task(app(scope(path), receive, held_send))
+            functools.reduce(lambda _a, _b: loop.run_until_complete(sent), (None, None))
+            resume.set_result(None)
+            loop.run_until_complete(task)
+    finally:
+        loop.close()
 
 
 def per_call(loop: Callable[[Any, int], None], app: Any, n: int, rounds: int = 5) -> float:
@@ -247,7 +271,7 @@ def run_loop(framework: str, path: str, calls: int, split: bool = False) -> None
             app = build(tmp)
         if framework in ("asgi", "fastapi"):
             def loop(app: Any, n: int, path: str) -> None:
-                asgi_loop(app, n, path)
+                asgi_loop(app, n, path, split)
         else:
             def loop(app: Any, n: int, path: str) -> None:
                 wsgi_loop(app, n, path, split)
@@ -305,7 +329,7 @@ def main() -> int:
                         help="count instructions under valgrind instead of timing")
     parser.add_argument("--before-response", action="store_true",
                         help="with --instructions: count only the part of each request "
-                             "before its response goes out (WSGI paths)")
+                             "before its response goes out")
     parser.add_argument("--run-loop", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--split", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--telemetry", choices=("istio", "off"), default="istio")
@@ -321,9 +345,8 @@ def main() -> int:
         framework, path, calls = args.run_loop
         run_loop(framework, path, int(calls), args.split)
         return 0
-    if args.before_response and (not args.instructions or args.framework == "fastapi"):
-        parser.error("--before-response counts instructions (--instructions) on the WSGI "
-                     "paths: core, flask, django")
+    if args.before_response and not args.instructions:
+        parser.error("--before-response counts instructions: give --instructions too")
     os.environ["MESH_BENCH_TELEMETRY"] = args.telemetry
     if args.instructions:
         return count_instructions(args.framework, args.calls or 1000, args.before_response)
