@@ -1,11 +1,12 @@
 """Benchmark: what the mesh's inbound middleware adds to a hello-world endpoint.
 
     python bench/middleware_overhead.py                      # Flask, FastAPI, Django
-    python bench/middleware_overhead.py --calls 1000 --only flask
+    python bench/middleware_overhead.py --calls 1000 --rounds 1 --only flask
 
-For each framework one server process serves two copies of the same app side by side,
-``/bare/hello`` without the mesh and ``/mesh/hello`` behind the framework's meshsdk
-integration, so both variants share the server, its settings and the client:
+For each framework one server process serves three copies of the same app side by
+side, ``/bare/hello`` and ``/control/hello`` without the mesh and ``/mesh/hello`` behind
+the framework's meshsdk integration, so the variants share the server, its settings
+and the client:
 
 * Flask: gunicorn (gthread worker, 1 process, 4 threads), ``MeshFlask``;
 * FastAPI: uvicorn (1 process, h11), ``meshsdk_fastapi.MeshMiddleware``;
@@ -25,11 +26,18 @@ target's whole budget (see docs/performance.md; ``bench/inbound_micro.py --metri
 otel-sdk`` measures it).
 
 The client is one ``httpx.Client`` making sequential keep-alive GETs on 127.0.0.1.
-Variants are interleaved in blocks (``calls / blocks`` per block, alternating which
-goes first) after a warm-up, so drift on a shared machine hits both alike; each call
-is timed with ``time.perf_counter_ns``. Reported: median and p99 latency per variant
-and the ratio of the medians (target: at most 1.10x), with a 90% bootstrap interval
-over the blocks (``bench/ratios.py``): how far this run's noise could move the ratio.
+Variants are interleaved in blocks (``calls / blocks`` per block, the order rotating)
+after a warm-up, so drift on a shared machine hits all alike; each call is timed with
+``time.perf_counter_ns``.
+
+Why a control and why rounds: ``control`` is a second bare app, so its ratio to
+``bare`` is what two identical variants differ by. Within one server process that was
+up to 8% at p50 on this machine (the layout of one process's memory, where its threads
+ran), as much as the target; so a run is ``--rounds`` server processes one after
+another (three by default), pooled. Reported: median and p99 latency per variant over
+all rounds, the ratio of the medians (target: at most 1.10x) with a 90% bootstrap
+interval over all blocks (``bench/ratios.py``), the control's ratio, and each round's
+two ratios on their own.
 
 ``--telemetry off`` runs the meshed app without telemetry, to separate what the
 security checks cost from what recording costs.
