@@ -30,14 +30,14 @@ Variants are interleaved in blocks (``calls / blocks`` per block, the order rota
 after a warm-up, so drift on a shared machine hits all alike; each call is timed with
 ``time.perf_counter_ns``.
 
-Why a control and why rounds: ``control`` is a second bare app, so its ratio to
-``bare`` is what two identical variants differ by. Within one server process that was
-up to 8% at p50 on this machine (the layout of one process's memory, where its threads
-ran), as much as the target; so a run is ``--rounds`` server processes one after
-another (three by default), pooled. Reported: median and p99 latency per variant over
-all rounds, the ratio of the medians (target: at most 1.10x) with a 90% bootstrap
-interval over all blocks (``bench/ratios.py``), the control's ratio, and each round's
-two ratios on their own.
+Why a control and why rounds: ``control`` is a second bare app, so its ratio to ``bare``
+is what two identical variants differ by. Within one server process that was up to 8% at
+p50 on this machine (why is not known; one process's memory layout and where its threads
+run are candidates), as much as the target; so a run is ``--rounds`` server processes
+one after another (three by default), pooled. Reported: median and p99 latency per
+variant over all rounds, the ratio of the medians (target: at most 1.10x) with a 90%
+bootstrap interval over all blocks (``bench/ratios.py``), the control's ratio, and each
+round's two ratios on their own.
 
 ``--telemetry off`` runs the meshed app without telemetry, to separate what the
 security checks cost from what recording costs.
