@@ -26,6 +26,7 @@ from typing import Any
 from meshsdk.config.hosts import (
     DEFAULT_DOMAIN,
     expand_host,
+    join_host_port,
     kube_service_parts,
     split_host_port,
     wildcard_matches,
@@ -72,8 +73,7 @@ class Endpoint:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", (self.address, self.port))
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        object.__setattr__(self, "authority", f"{host}:{self.port}")
+        object.__setattr__(self, "authority", join_host_port(self.address, self.port))
 
     def __hash__(self) -> int:
         # Identity is the address and port; labels (a mapping) cannot be hashed.

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
-from meshsdk.config.hosts import expand_host, split_host_port
+from meshsdk.config.hosts import expand_host, join_host_port, split_host_port
 from meshsdk.config.kinds.virtual_service import HeaderOperations
 from meshsdk.config.mesh import MeshConfig
 from meshsdk.config.snapshot import ClientView, Endpoint, Service, Snapshot
@@ -95,8 +95,7 @@ class Attempt:
 
     @property
     def url(self) -> str:
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"{self.scheme}://{host}:{self.port}{self.path}"
+        return f"{self.scheme}://{join_host_port(self.address, self.port)}{self.path}"
 
     def with_address(self, address: str) -> Attempt:
         """The same attempt aimed at a resolved address (the driver's DNS step)."""

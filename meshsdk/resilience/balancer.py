@@ -63,6 +63,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 from urllib.parse import unquote_plus
 
+from meshsdk.config.hosts import join_host_port
 from meshsdk.config.kinds.destination_rule import (
     LoadBalancerSettings,
     LocalityLoadBalancerSetting,
@@ -410,10 +411,6 @@ class _HashBalancer(_Base):
         return by_key[self._lookup(built, hash_key & _MASK64, avoided)]
 
 
-def _authority(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-
-
 class RingHashBalancer(_HashBalancer):
     """Envoy's RING_HASH (ketama-style ring; entries per host proportional to weight)."""
 
@@ -435,7 +432,7 @@ class RingHashBalancer(_HashBalancer):
         target = 0.0
         for (address, port, _), w in zip(key, weights, strict=True):
             target += scale * w / total
-            name = _authority(address, port)
+            name = join_host_port(address, port)
             i = 0
             while current < target:
                 points.append((stable_hash(f"{name}_{i}".encode()), (address, port)))
@@ -482,7 +479,7 @@ class MaglevBalancer(_HashBalancer):
         skips: list[int] = []
         hosts: list[EndpointKey] = []
         for address, port, _ in key:
-            name = _authority(address, port).encode()
+            name = join_host_port(address, port).encode()
             offsets.append(stable_hash(name) % m)
             skips.append(stable_hash(b"skip:" + name) % (m - 1) + 1 if m > 1 else 1)
             hosts.append((address, port))

@@ -595,8 +595,7 @@ def _details(result: CallResult | None) -> str | None:
 def _with_port(authority: str, scheme: str) -> str:
     """``host:port`` of the address the app called (the port made explicit)."""
     host, port = split_host_port(authority)
-    port = port or (443 if scheme == "https" else 80)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return join_host_port(host, port or (443 if scheme == "https" else 80))
 
 
 def _formatter(provider: AccessLogProvider) -> Formatter:

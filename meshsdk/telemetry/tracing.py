@@ -86,7 +86,6 @@ class SpanStarter:
         return rng.getrandbits(128) or 1, span_id
 
 
-
 class UnsampledSpan(NonRecordingSpan):
     """A span that records nothing (most requests): its ids are drawn when it starts,
     its :class:`SpanContext` is built when first asked for.

@@ -32,6 +32,7 @@ from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 
+from meshsdk.config.hosts import join_host_port
 from meshsdk.dataplane.flow import Attempt
 from meshsdk.security.origination import TlsOrigination
 from meshsdk.transport.tls import TlsError, check_peer, file_context
@@ -144,8 +145,7 @@ class ChannelPool:
         bridge's socket (raises TlsError when TLS cannot be set up)."""
         plan = attempt.tls
         if plan is None:
-            host = f"[{attempt.address}]" if ":" in attempt.address else attempt.address
-            return f"{host}:{attempt.port}", None
+            return join_host_port(attempt.address, attempt.port), None
         self._context(plan)  # fail now (no identity, unreadable files): connect failure
         bridge = Bridge(attempt.address, attempt.port, lambda: self._context(plan), plan,
                          attempt.connect_timeout)
