@@ -26,7 +26,6 @@ the workload's policies can do I/O.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import ipaddress
 import logging
 import time
@@ -50,9 +49,18 @@ from meshsdk.security.peer_authn import Mode
 from meshsdk.security.spiffe import parse_spiffe_id, spiffe_ids_of
 from meshsdk.telemetry.propagation import REQUEST_ID
 from meshsdk.telemetry.record import Peer
-from meshsdk.telemetry.recorder import ContextTokens, InboundCall, detach
+from meshsdk.telemetry.recorder import (
+    ContextTokens,
+    InboundStart,
+    Telemetry,
+    _handling,
+    attach,
+    detach,
+)
 
 if TYPE_CHECKING:
+    from opentelemetry import context as otel_context
+
     from meshsdk.mesh import Mesh
     from meshsdk.security.audit import AuditLog
     from meshsdk.security.authz import CustomCheck
@@ -68,20 +76,17 @@ RESET_BODY = (b"upstream connect error or disconnect/reset before headers. "
 """What an Envoy caller gets when a STRICT server drops its plaintext connection; the
 answer to a request that reached a STRICT port without a verified peer."""
 
-_current: contextvars.ContextVar[InboundRequest | None] = contextvars.ContextVar(
-    "meshsdk_inbound_request", default=None)
-
-
 def current_request() -> InboundRequest | None:
     """The inbound request being handled in this context (inside ``with request:``)."""
-    return _current.get()
+    now = _handling.get()  # shared with telemetry (an InboundCall entered on its own)
+    return now if isinstance(now, InboundRequest) else None
 
 
 def set_route(route: str) -> bool:
     """Name the current request's route (a template such as ``/users/{id}``) for its
     server span; for framework plugins after routing. False when no request is current.
     The name never becomes a metric label (unbounded cardinality)."""
-    request = _current.get()
+    request = current_request()
     if request is None:
         return False
     request.route = route
@@ -93,7 +98,7 @@ def route_wanted() -> bool:
     worth the lookup. Most requests are not sampled (Istio's default is 1%), and a
     framework's route lookup costs a few microseconds before the response is sent:
     plugins ask this first and skip both when it says no."""
-    request = _current.get()
+    request = current_request()
     return request is not None and request.wants_route
 
 
@@ -357,22 +362,22 @@ class InboundHandler:
         policy = compiled.security.mtls
         mode = policy.mode_for(port) if port is not None else policy.mode
         refused = mode == "STRICT" and peer is None
-        call = None
+        begun = None
         telemetry = self.mesh.telemetry
-        if telemetry is not None:
-            # the call shares ``items``: a request id it makes up is appended for both
-            call = telemetry._inbound(
-                method, scheme, authority, path, items, _source_of(peer), None,
-                None if remote_ip is None else (remote_ip, remote_port),
-                None if local_ip is None else (local_ip, local_port), server_name,
-                "mutual_tls" if peer is not None else "none", route)
         added: tuple[tuple[str, str], ...] = ()
-        if not has_request_id and call is not None:
-            added = ((REQUEST_ID, call.request_id),)  # Envoy adds it for the app too
+        if telemetry is not None:
+            # Only what the app's context needs; the InboundCall that records the
+            # request is built when it finishes, after the response. ``items`` is
+            # shared: a request id made up here is appended for the record too.
+            begun = telemetry._inbound_start(
+                method, scheme, authority, path, items,
+                None if remote_ip is None else (remote_ip, remote_port), route)
+            if not has_request_id:
+                added = ((REQUEST_ID, begun[0]),)  # Envoy adds it for the app too
         timeout = _timeout_from(timeouts) if timeouts else None
-        return InboundRequest(self, compiled, method, authority, path, items, removed, added,
-                              remote_ip, local_ip, port, peer, server_name, route, call,
-                              refused, timeout)
+        return InboundRequest(self, compiled, method, scheme, authority, path, items, removed,
+                              added, remote_ip, remote_port, local_ip, local_port, port, peer,
+                              server_name, route, telemetry, begun, refused, timeout)
 
     def _check(self, r: InboundRequest) -> InboundDecision:
         return r._security.security.check(
@@ -434,22 +439,26 @@ class InboundRequest:
     ``path``, ``remote_ip``, ``local_ip``, ``port``, ``server_name``.
     """
 
-    __slots__ = ("_deadline", "_entered", "_security", "added", "allowed", "authority",
-                 "body", "call", "decision", "finished", "handler", "headers", "local_ip",
-                 "method", "path", "peer", "port", "query", "refused", "remote_ip", "removed",
-                 "response_headers", "route", "server_name", "status", "timeout")
+    __slots__ = ("_base", "_begun", "_context", "_deadline", "_entered", "_local_port",
+                 "_remote_port", "_scheme", "_security", "_telemetry", "added", "allowed",
+                 "authority", "body", "decision", "finished", "handler", "headers",
+                 "local_ip", "method", "path", "peer", "port", "query", "refused",
+                 "remote_ip", "removed", "request_id", "response_headers", "route",
+                 "server_name", "status", "timeout")
 
     def __init__(self, handler: InboundHandler, security: _Security, method: str,
-                 authority: str, path: str, headers: list[tuple[str, str]],
+                 scheme: str, authority: str, path: str, headers: list[tuple[str, str]],
                  removed: tuple[str, ...], added: tuple[tuple[str, str], ...],
-                 remote_ip: str | None, local_ip: str | None, port: int | None,
-                 peer: str | None, server_name: str | None, route: str | None,
-                 call: InboundCall | None, refused: bool, timeout: float | None) -> None:
+                 remote_ip: str | None, remote_port: int | None, local_ip: str | None,
+                 local_port: int | None, port: int | None, peer: str | None,
+                 server_name: str | None, route: str | None, telemetry: Telemetry | None,
+                 begun: InboundStart | None, refused: bool, timeout: float | None) -> None:
         # Built by the handler before the verdict (positional: this runs on every
         # request, before the app), which InboundHandler._complete then fills in.
         self.handler = handler
         self._security = security
         self.method = method
+        self._scheme = scheme
         self.authority = authority
         self.path = path
         """The request line's target, query string included."""
@@ -457,7 +466,9 @@ class InboundRequest:
         self.removed = removed
         self.added = added
         self.remote_ip = remote_ip
+        self._remote_port = remote_port
         self.local_ip = local_ip
+        self._local_port = local_port
         self.port = port
         """The workload port whose PeerAuthentication mode applied."""
         self.peer = peer
@@ -465,7 +476,12 @@ class InboundRequest:
         self.server_name = server_name
         self.route = route
         """The route template naming the server span; plugins set it after routing."""
-        self.call = call
+        self._telemetry = telemetry
+        self._begun = begun
+        self.request_id = begun[0] if begun is not None else None
+        """The request's ``x-request-id`` (None when telemetry is off)."""
+        self._context: otel_context.Context | None = None  # see recorder.attach
+        self._base: otel_context.Context | None = None
         self.refused = refused
         self.timeout = timeout
         """The caller's remaining time in seconds, from its timeout header."""
@@ -476,14 +492,30 @@ class InboundRequest:
         self.query: str | None = None
         self.decision: InboundDecision | None = None
         self.finished = False
-        self._entered: list[tuple[ContextTokens | None, AbstractContextManager[object] | None,
-                                  contextvars.Token[InboundRequest | None]]] = []
+        self._entered: list[tuple[ContextTokens, AbstractContextManager[object] | None]] = []
         self._deadline: float | None = None  # monotonic; set on the first entry
 
     def _abort(self) -> None:
         """The check itself failed: record a 500 so the request is not lost."""
-        if self.call is not None:
-            self.call.finish(500)
+        self._record(500, (), 0, None, "-", "HTTP/1.1")
+
+    def _record(self, status: int, response_headers: Sequence[tuple[str, str]],
+                bytes_sent: int, bytes_received: int | None, flags: str, protocol: str
+                ) -> None:
+        """Build the request's InboundCall (after the response: nothing before it
+        needs one) and record it."""
+        telemetry, begun = self._telemetry, self._begun
+        if telemetry is None or begun is None:
+            return
+        peer = self.peer
+        call = telemetry._inbound_call(
+            begun, self.method, self._scheme, self.authority, self.path, self.headers,
+            _source_of(peer), None,
+            None if self.remote_ip is None else (self.remote_ip, self._remote_port),
+            None if self.local_ip is None else (self.local_ip, self._local_port),
+            self.server_name, "mutual_tls" if peer is not None else "none")
+        call.finish(status, bytes_sent=bytes_sent, bytes_received=bytes_received,
+                    response_headers=response_headers, flags=flags, protocol=protocol)
 
     @property
     def principal(self) -> str | None:
@@ -496,15 +528,10 @@ class InboundRequest:
         return self.decision.request_principal if self.decision is not None else None
 
     @property
-    def request_id(self) -> str | None:
-        """The request's ``x-request-id`` (None when telemetry is off)."""
-        return self.call.request_id if self.call is not None else None
-
-    @property
     def wants_route(self) -> bool:
         """Whether this request's server span records (see :func:`route_wanted`)."""
-        call = self.call
-        span = call.span if call is not None else None
+        begun = self._begun
+        span = begun[1] if begun is not None else None
         return span is not None and span.is_recording()
 
     @property
@@ -516,25 +543,23 @@ class InboundRequest:
         """Make the trace context, request id and deadline current (re-entrant: a
         streaming body is produced in several steps; the deadline is fixed on the first
         entry, so the caller's time is not counted again from each one)."""
-        call = self.call
-        tokens = call.attach() if call is not None else None
+        begun = self._begun
+        tokens = attach(begun[1] if begun is not None else None, self, self)
         scope = None
         if self.timeout is not None:
             if self._deadline is None:  # counted from the first entry, not each one
                 self._deadline = time.monotonic() + max(self.timeout, 0.0)
             scope = deadline_scope(None, at=self._deadline)
             scope.__enter__()
-        self._entered.append((tokens, scope, _current.set(self)))
+        self._entered.append((tokens, scope))
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        tokens, scope, token = self._entered.pop()  # undone in the reverse order
-        _current.reset(token)
+        tokens, scope = self._entered.pop()  # undone in the reverse order
         if scope is not None:
             scope.__exit__(exc_type, exc, tb)
-        if tokens is not None:
-            detach(tokens)
+        detach(tokens)
 
     def finish(self, status: int, response_headers: Sequence[tuple[str, str]] = (),
                bytes_sent: int = 0, *, bytes_received: int | None = None,
@@ -552,20 +577,19 @@ class InboundRequest:
         if self.finished:
             return
         self.finished = True
-        call = self.call
-        if call is None:
+        begun = self._begun
+        if begun is None:
             return
         if flags is None:
             flags = "-"
             authz = self.decision.authz if self.decision is not None else None
             if not self.allowed and authz is not None and authz.custom is not None:
                 flags = "UAEX"  # Envoy: denied by the external authorization service
-        span = call.span
+        span = begun[1]
         if self.route and span is not None and span.is_recording():
             span.update_name(self.route)
             span.set_attribute("http.route", self.route)
-        call.finish(status, bytes_sent=bytes_sent, bytes_received=bytes_received,
-                    response_headers=response_headers, flags=flags, protocol=protocol)
+        self._record(status, response_headers, bytes_sent, bytes_received, flags, protocol)
 
 
 __all__ = ["RESET_BODY", "InboundHandler", "InboundRequest", "PeerCertificate",

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import operator
 import ssl
 import sys
 import weakref
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any, Protocol
@@ -95,12 +96,13 @@ def _header_name(key: str) -> str:
     return ""
 
 
-_Plan = tuple[tuple[str, ...], tuple[str, ...], bool]
+_Values = Callable[[Environ], "tuple[str, ...]"]
+_Plan = tuple[_Values, tuple[str, ...], bool]
 _plans: dict[tuple[str, ...], _Plan] = {}
-"""An environ's keys, in order -> which of them are headers, their names, and whether
-CGI's CONTENT_TYPE or CONTENT_LENGTH is among them. A client sends the same headers
-request after request, so its environs share their keys: one lookup finds the headers,
-and their values are read without a Python loop."""
+"""An environ's keys, in order -> how to read its header values (in one C call), the
+header names, and whether CGI's CONTENT_TYPE or CONTENT_LENGTH is among them. A client
+sends the same headers request after request, so its environs share their keys: one
+lookup finds the headers, and their values are read without a Python loop."""
 _PLANS_LIMIT = 256
 _CGI_NAMES = ("content-type", "content-length")
 
@@ -113,8 +115,18 @@ def _plan(keys: tuple[str, ...]) -> _Plan:
         if name:
             header_keys.append(key)
             header_names.append(name)
-    plan = (tuple(header_keys), tuple(header_names),
-            any(name in _CGI_NAMES for name in header_names))
+    values: _Values
+    if len(header_keys) > 1:
+        values = operator.itemgetter(*header_keys)  # returns a tuple of the values
+    elif header_keys:
+        key = header_keys[0]
+
+        def values(environ: Environ) -> tuple[str, ...]:
+            return (environ[key],)
+    else:
+        def values(environ: Environ) -> tuple[str, ...]:
+            return ()
+    plan = (values, tuple(header_names), any(name in _CGI_NAMES for name in header_names))
     if len(_plans) >= _PLANS_LIMIT:  # clients inventing header names
         _plans.clear()
     _plans[keys] = plan
@@ -130,8 +142,10 @@ def _headers(environ: Environ) -> list[tuple[str, str]]:
     plan = _plans.get(keys)
     if plan is None:
         plan = _plan(keys)
-    header_keys, names, cgi = plan
-    pairs = list(zip(names, map(environ.__getitem__, header_keys), strict=True))
+    values, names, cgi = plan
+    # as many values as names, by the plan; and any keyword to zip() (strict=) sends
+    # it down a slower constructor, a measurable part of this function
+    pairs = list(zip(names, values(environ)))  # noqa: B905
     if cgi:
         return [(name, value) for name, value in pairs if value or name not in _CGI_NAMES]
     return pairs
@@ -171,6 +185,26 @@ def _local_ip(sock: Any) -> str | None:
     return ip
 
 
+_PORT_NUMBERS_LIMIT = 4096
+_port_numbers: dict[object, int] = {}
+"""A port as the server gave it (text, or an int) -> its number. A keep-alive client
+sends many requests from one port, and parsing text into an int is a measurable part of
+a request's cost before its response; bounded, as clients' ports come and go."""
+
+
+def _port_number(value: object) -> int | None:
+    """The number of a port missing from ``_port_numbers`` (learnt when valid)."""
+    text = str(value) if value is not None else ""
+    if not text.isdigit():
+        return None
+    number = int(text)
+    if type(value) in (str, int):  # what servers give; anything else is not kept
+        if len(_port_numbers) >= _PORT_NUMBERS_LIMIT:
+            _port_numbers.clear()
+        _port_numbers[value] = number
+    return number
+
+
 Facts = tuple[str, str, str, str, list[tuple[str, str]], str | None, int | None, str | None,
               int | None, PeerCertificate | None]
 """method, scheme, authority, path, headers, remote IP and port, local IP and port, peer
@@ -190,22 +224,27 @@ def _facts(environ: Environ) -> Facts:
             path = f"{path}?{query}"
     authority = get("HTTP_HOST") or f"{get('SERVER_NAME', 'unknown')}:{get('SERVER_PORT', '80')}"
     remote = get("REMOTE_ADDR")
-    remote_port = get("REMOTE_PORT")
-    # PEP 3333 does not define REMOTE_PORT; servers set it as text or (werkzeug) an int
-    port_text = str(remote_port) if remote_port is not None else ""
     remote_ip: str | None = remote
     client_port = None
-    if remote and port_text.isdigit():
-        remote_ip, client_port = str(remote), int(port_text)
+    if remote:
+        # PEP 3333 does not define REMOTE_PORT; servers set it as text or (werkzeug) an int
+        text = get("REMOTE_PORT")
+        client_port = _port_numbers.get(text)
+        if client_port is None:
+            client_port = _port_number(text)
+        if client_port is not None:
+            remote_ip = str(remote)
     local_ip: str | None = None
-    local_port = None
     server_port = get("SERVER_PORT")
-    if server_port and str(server_port).isdigit():
+    local_port = _port_numbers.get(server_port)
+    if local_port is None:
+        local_port = _port_number(server_port)
+    if local_port is not None:
         local_ip = get("meshsdk.local_address")
         sock = get("gunicorn.socket")
         if local_ip is None and sock is not None:
             local_ip = _local_ip(sock)
-        local_ip, local_port = str(local_ip or get("SERVER_NAME", "")), int(server_port)
+        local_ip = str(local_ip or get("SERVER_NAME", ""))
     return (get("REQUEST_METHOD", "GET"), get("wsgi.url_scheme", "http"), authority, path,
             headers, remote_ip, client_port, local_ip, local_port, peer_certificate(environ))
 
@@ -278,24 +317,43 @@ class MeshWSGIMiddleware:
 
 _PLAIN_ITERATORS: tuple[type, ...] = (type(iter([])), type(iter(())))
 
+_STATUS_CODES_LIMIT = 256
+_status_codes: dict[str, int] = {}
+"""An app's status line (``"200 OK"``) -> its code: apps answer with the same few, and
+parsing the number costs more than this lookup."""
+
+
+def _status_code(status: str) -> int:
+    """The code of a status line missing from ``_status_codes`` (0 when it has none)."""
+    code = status.partition(" ")[0]
+    number = int(code) if code.isdigit() else 0
+    if type(status) is str:
+        if len(_status_codes) >= _STATUS_CODES_LIMIT:  # apps inventing reason phrases
+            _status_codes.clear()
+        _status_codes[status] = number
+    return number
+
 
 class _Response:
     """The app's response iterable, counted and recorded on ``close()``."""
+
+    # Defaults as class attributes: each instance sets only what its request changes
+    # (one is made per request, before the app runs).
+    status = 0
+    head: Sequence[tuple[str, str]] = ()
+    sent = 0
+    _inner: Iterable[bytes] | None = None
+    _iter: Iterator[bytes] | None = None
+    _first: bytes | None = None
+    _ended = False
+    _context: contextvars.Context | None = None
 
     def __init__(self, app: WSGIApp, environ: Environ, start_response: StartResponse,
                  request: InboundRequest, route_of: RouteOf | None = None) -> None:
         self.request = request
         self.environ = environ
         self._route_of = route_of
-        self.status = 0
-        self.head: list[tuple[str, str]] = []
-        self.sent = 0
         self._start_response = start_response
-        self._inner: Iterable[bytes] | None = None
-        self._iter: Iterator[bytes] | None = None
-        self._first: bytes | None = None
-        self._ended = False
-        self._context: contextvars.Context | None = None
         try:
             with request:
                 self._inner = app(environ, self._start)
@@ -322,8 +380,10 @@ class _Response:
 
     def _start(self, status: str, headers: list[tuple[str, str]],
                exc_info: ExcInfo | None = None) -> Callable[[bytes], object]:
-        code = status.partition(" ")[0]
-        self.status = int(code) if code.isdigit() else 0
+        code = _status_codes.get(status)
+        if code is None:
+            code = _status_code(status)
+        self.status = code
         if self.request.response_headers:
             headers = [*headers, *self.request.response_headers]
         self.head = list(headers)  # InboundRequest.finish lower-cases the names

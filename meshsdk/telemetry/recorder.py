@@ -83,8 +83,19 @@ if TYPE_CHECKING:
 ACCESS_LOGGER = "meshsdk.access"
 """Parent logger of the access logs; each provider writes to ``meshsdk.access.<name>``."""
 
-_request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "meshsdk_request_id", default=None)
+class Handling(Protocol):
+    """What is current while an inbound request is handled: an :class:`InboundCall`,
+    or the inbound handler's request, which carries the call's request id itself."""
+
+    @property
+    def request_id(self) -> str | None: ...
+
+
+_handling: contextvars.ContextVar[Handling | None] = contextvars.ContextVar(
+    "meshsdk_inbound_request", default=None)
+"""The inbound request being handled in this context: one variable for the request id
+outbound calls reuse and for the inbound handler's ``current_request()`` (each variable
+set costs a little on every request, before the app runs)."""
 
 _TRACE_OR_ID = TRACE_HEADERS | {REQUEST_ID}
 """The inbound request headers read before the app runs."""
@@ -96,7 +107,8 @@ Address = str | tuple[str, int | None]
 
 def current_request_id() -> str | None:
     """The ``x-request-id`` of the inbound request being handled, if any."""
-    return _request_id.get()
+    now = _handling.get()
+    return now.request_id if now is not None else None
 
 
 class HeaderSource(Protocol):
@@ -162,6 +174,10 @@ class _InboundTarget:
     service: Service
     cluster: str
 
+
+InboundStart = tuple[str, "Span | None", _InboundTarget, float, float]
+"""An inbound call begun before its app ran (``Telemetry._inbound_start``): request id,
+server span, what its authority means, and its start (monotonic clock, wall clock)."""
 
 _NO_ATTRIBUTES: Mapping[str, str] = {}
 _UUID4_MASK = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
@@ -377,7 +393,9 @@ class Telemetry:
                 elif name == "host":
                     size -= len(name) + len(value)
         if request_id is None:
-            request_id = _request_id.get() or self._new_request_id()
+            now = _handling.get()
+            request_id = (now.request_id if now is not None else None) or \
+                self._new_request_id()
             headers.append((REQUEST_ID, request_id))
             size += len(REQUEST_ID) + len(request_id)
         target = self._targets.get((authority, scheme))
@@ -452,9 +470,20 @@ class Telemetry:
                  remote_address: Address | None, local_address: Address | None,
                  server_name: str | None, security_policy: str, span_name: str | None
                  ) -> InboundCall:
-        """:meth:`inbound` for the inbound handler, before every app call: positional
-        arguments, and ``items`` a list the call keeps (the request id it makes up, when
-        the request has none, is appended to it)."""
+        """:meth:`inbound` with positional arguments; ``items`` is a list the call keeps."""
+        return self._inbound_call(
+            self._inbound_start(method, scheme, authority, path, items, remote_address,
+                                span_name),
+            method, scheme, authority, path, items, source, service, remote_address,
+            local_address, server_name, security_policy)
+
+    def _inbound_start(self, method: str, scheme: str, authority: str, path: str,
+                       items: list[tuple[str, str]], remote_address: Address | None,
+                       span_name: str | None) -> InboundStart:
+        """The part of an inbound call that must happen before the app runs: the request
+        id (appended to ``items`` when the request has none) and the server span. The
+        inbound handler keeps what this returns and builds the :class:`InboundCall`
+        only when the request is recorded, after the response (:meth:`_inbound_call`)."""
         side = self._server
         request_id = None
         traced = False
@@ -492,10 +521,19 @@ class Telemetry:
             span = self._spans.start(span_name or target.span_name, SpanKind.SERVER,
                                      parent.context if parent is not None else None,
                                      sampled, side.report_spans, attributes)
-        return InboundCall(self, side, method, scheme, authority, path, items, request_id,
-                           span, source or Peer(), service or target.service,
+        return request_id, span, target, self._clock(), self._wall()
+
+    def _inbound_call(self, start: InboundStart, method: str, scheme: str, authority: str,
+                      path: str, items: list[tuple[str, str]], source: Peer | None,
+                      service: Service | None, remote_address: Address | None,
+                      local_address: Address | None, server_name: str | None,
+                      security_policy: str) -> InboundCall:
+        """The :class:`InboundCall` of a request :meth:`_inbound_start` began."""
+        request_id, span, target, started, started_wall = start
+        return InboundCall(self, self._server, method, scheme, authority, path, items,
+                           request_id, span, source or Peer(), service or target.service,
                            remote_address, local_address, server_name, security_policy,
-                           self._clock(), self._wall(), upstream_cluster=target.cluster)
+                           started, started_wall, upstream_cluster=target.cluster)
 
     def _inbound_target(self, authority: str, scheme: str) -> _InboundTarget:
         """What an inbound request's authority decides (host, span name, service,
@@ -758,15 +796,39 @@ class OutboundCall:
         tel._emit(self.side, record)
 
 
-ContextTokens = tuple[object, contextvars.Token[str | None]]
-"""What :meth:`InboundCall.attach` made current: the OTel context's token (None without
-a span) and the request id's."""
+ContextTokens = tuple[object, "contextvars.Token[Handling | None]"]
+"""What :func:`attach` made current: the OTel context's token (None without a span)
+and the request's."""
+
+
+class SpanContexts(Protocol):
+    """Where :func:`attach` keeps the OTel context it made and the one it was made from
+    (a streamed response enters several times, usually from the same context: the
+    span is set in it once)."""
+
+    _context: otel_context.Context | None
+    _base: otel_context.Context | None
+
+
+def attach(span: Span | None, handling: Handling, contexts: SpanContexts) -> ContextTokens:
+    """Make ``span`` (with the trace context it carries) and ``handling`` (the request
+    id outbound calls reuse) current; :func:`detach` undoes it. For
+    :class:`InboundCall` and the inbound handler, which keeps the tokens itself."""
+    ctx_token = None
+    if span is not None:
+        base = otel_context.get_current()
+        ctx = contexts._context
+        if ctx is None or base is not contexts._base:
+            ctx = contexts._context = trace.set_span_in_context(span, base)
+            contexts._base = base
+        ctx_token = otel_context.attach(ctx)
+    return ctx_token, _handling.set(handling)
 
 
 def detach(tokens: ContextTokens) -> None:
-    """Undo :meth:`InboundCall.attach`."""
-    ctx_token, rid_token = tokens
-    _request_id.reset(rid_token)
+    """Undo :func:`attach`."""
+    ctx_token, token = tokens
+    _handling.reset(token)
     if ctx_token is not None:
         otel_context.detach(ctx_token)  # type: ignore[arg-type]
 
@@ -814,19 +876,9 @@ class InboundCall:
         detach(self._tokens.pop())
 
     def attach(self) -> ContextTokens:
-        """What ``with call:`` does on entry, for a driver that keeps the tokens itself
-        (the inbound handler, which makes more current at the same time): give them to
-        :func:`detach` to undo it."""
-        ctx_token = None
-        span = self.span
-        if span is not None:
-            base = otel_context.get_current()
-            ctx = self._context
-            if ctx is None or base is not self._base:
-                ctx = self._context = trace.set_span_in_context(span, base)
-                self._base = base
-            ctx_token = otel_context.attach(ctx)
-        return ctx_token, _request_id.set(self.request_id)
+        """What ``with call:`` does on entry, for a driver that keeps the tokens itself:
+        give them to :func:`detach` to undo it."""
+        return attach(self.span, self, self)
 
     @property
     def trace_headers(self) -> list[tuple[str, str]]:
@@ -929,5 +981,5 @@ def _end_span(span: Span, record: CallRecord, side: _Side, *, client: bool) -> N
     span.end()
 
 
-__all__ = ["ACCESS_LOGGER", "InboundCall", "OutboundCall", "Telemetry",
-           "current_request_id"]
+__all__ = ["ACCESS_LOGGER", "InboundCall", "OutboundCall", "Telemetry", "attach",
+           "current_request_id", "detach"]
