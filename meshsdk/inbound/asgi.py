@@ -29,6 +29,9 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+RouteOf = Callable[[Scope, Scope], "str | None"]
+"""A plugin's route lookup: the matched route template, given the scope as the app left
+it and a copy of it taken before the app ran (routers update the scope in place)."""
 
 ROUTE_KEY = "meshsdk.route"
 """Scope key a framework plugin may fill with the route template (``/users/{id}``)."""
@@ -129,6 +132,10 @@ async def start_request(handler: InboundHandler, scope: Scope) -> InboundRequest
     trip (for this module's middleware and the framework plugins)."""
     (method, scheme, authority, path, headers, remote_ip, remote_port, local_ip, local_port,
      leaf, server_name) = _facts(scope)
+    if not handler._may_block():  # checked here: no coroutine, no worker thread
+        return handler._start(method, scheme, authority, path, headers, remote_ip,
+                              remote_port, local_ip, local_port, leaf, None, server_name,
+                              None)
     return await handler._start_async(method, scheme, authority, path, headers, remote_ip,
                                       remote_port, local_ip, local_port, leaf, None,
                                       server_name, None)
@@ -158,18 +165,25 @@ class MeshASGIMiddleware:
 
     Give a ``mesh`` (options go to :class:`InboundHandler`: ``port``,
     ``trusted_proxies``, ``jwks``, ``audit``, ``custom``...) or a ready ``handler``.
+    ``route`` names the span of a request that records (see :data:`RouteOf`): called
+    when the app starts its response, unless a route is set already. Only such a
+    request (1% at Istio's default sampling) pays for the copy of the scope it needs.
     """
 
     def __init__(self, app: ASGIApp, mesh: Mesh | None = None, *,
-                 handler: InboundHandler | None = None, **options: Any) -> None:
+                 handler: InboundHandler | None = None, route: RouteOf | None = None,
+                 **options: Any) -> None:
         if handler is None:
             if mesh is None:
                 raise TypeError("MeshASGIMiddleware needs a mesh or a handler")
             handler = InboundHandler(mesh, **options)
         self.app = app
         self.handler = handler
+        self.route = route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # a coroutine function, as servers (uvicorn's interface="auto") tell ASGI 3 apps
+        # from ASGI 2 ones by that
         kind = scope.get("type")
         if kind == "http":
             await self._http(scope, receive, send)
@@ -179,7 +193,17 @@ class MeshASGIMiddleware:
             await self.app(scope, receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = await start_request(self.handler, scope)
+        handler = self.handler
+        (method, scheme, authority, path, headers, remote_ip, remote_port, local_ip,
+         local_port, leaf, server_name) = _facts(scope)
+        if handler._may_block():  # the check may do I/O: in a worker thread
+            request = await handler._start_async(
+                method, scheme, authority, path, headers, remote_ip, remote_port, local_ip,
+                local_port, leaf, None, server_name, None)
+        else:
+            request = handler._start(method, scheme, authority, path, headers, remote_ip,
+                                     remote_port, local_ip, local_port, leaf, None,
+                                     server_name, None)
         if not request.allowed:
             assert request.status is not None
             await send({"type": "http.response.start", "status": request.status,
@@ -190,6 +214,8 @@ class MeshASGIMiddleware:
             return
         app_scope = _app_scope(scope, request)
         app_scope[REQUEST_KEY] = request
+        route_of = self.route
+        before = dict(app_scope) if route_of is not None and request.wants_route else None
         status = 0
         raw_head: Iterable[tuple[bytes, bytes]] = ()  # decoded when recorded, not before
         sent = 0
@@ -214,9 +240,12 @@ class MeshASGIMiddleware:
                     raw = [*raw, *extra]
                     message = {**message, "headers": raw}
                 raw_head = raw
-                route = app_scope.get(ROUTE_KEY)
-                if route and not request.route:
-                    request.route = str(route)
+                if not request.route:
+                    route = app_scope.get(ROUTE_KEY)
+                    if route:
+                        request.route = str(route)
+                    elif before is not None and route_of is not None:
+                        request.route = route_of(app_scope, before) or request.route
             elif kind == "http.response.body":
                 sent += len(message.get("body", b""))
             await send(message)

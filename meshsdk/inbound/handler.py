@@ -234,6 +234,11 @@ class InboundHandler:
             compiled = self._compiled = _Security(snapshot, security, may_block)
         return compiled
 
+    def _may_block(self) -> bool:
+        """Whether checking a request can do I/O (a JWKS download, a CUSTOM authorizer):
+        then an event loop runs the check in a worker thread."""
+        return self._security().may_block
+
     @property
     def security(self) -> InboundSecurity:
         """The policies in force (recompiled after ``mesh.update``)."""

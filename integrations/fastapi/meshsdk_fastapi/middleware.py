@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
 
 from meshsdk.inbound.asgi import MeshASGIMiddleware
-from meshsdk.inbound.handler import InboundHandler, route_wanted, set_route
+from meshsdk.inbound.handler import InboundHandler
 from meshsdk.mesh import Mesh
 
 Scope = MutableMapping[str, Any]
@@ -71,30 +71,6 @@ def _match_route(router: Any, scope: Scope, prefix: str = "", depth: int = 0
     return None
 
 
-class _RouteNamer:
-    """Between the core adapter and the app: names the route when the response starts."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope.get("type") != "http" or not route_wanted():
-            # only a span that records shows the name: most requests skip the copy of
-            # the scope, the wrapped send and the route lookup
-            await self.app(scope, receive, send)
-            return
-        before = dict(scope)  # routing updates the scope in place
-
-        async def naming_send(message: Message) -> None:
-            if message.get("type") == "http.response.start":
-                route = route_template(scope, before)
-                if route is not None:
-                    set_route(route)
-            await send(message)
-
-        await self.app(scope, receive, naming_send)
-
-
 class MeshMiddleware:
     """Mesh inbound policy and telemetry around an ASGI app, routes named.
 
@@ -112,7 +88,7 @@ class MeshMiddleware:
 
     def _build(self, mesh: Mesh) -> MeshASGIMiddleware:
         handler = InboundHandler(mesh, **self._options)
-        return MeshASGIMiddleware(_RouteNamer(self.app), handler=handler)
+        return MeshASGIMiddleware(self.app, handler=handler, route=route_template)
 
     @property
     def handler(self) -> InboundHandler:
