@@ -223,3 +223,33 @@ def test_chunks_and_close_share_one_context_with_one_deadline(capture: Capture) 
     assert deadline is not None and later[1] == deadline  # anchored once, when called
     assert var == later[2] == "set by the app"  # close() sees what the app set
     assert current_deadline() is None and current_request() is None  # undone after
+
+
+def test_ports_and_status_codes_are_parsed_once_and_the_caches_stay_bounded() -> None:
+    from meshsdk.inbound import wsgi
+
+    assert wsgi._port_number("50001") == 50001
+    assert wsgi._port_numbers["50001"] == 50001          # the next request looks it up
+    assert wsgi._port_number(50002) == 50002              # werkzeug gives an int
+    assert wsgi._port_number("80a") is None and "80a" not in wsgi._port_numbers
+    assert wsgi._port_number(None) is None
+    for port in range(wsgi._PORT_NUMBERS_LIMIT + 10):     # clients' ports come and go
+        wsgi._port_number(str(port))
+    assert len(wsgi._port_numbers) <= wsgi._PORT_NUMBERS_LIMIT
+
+    assert wsgi._status_code("201 Created") == 201
+    assert wsgi._status_codes["201 Created"] == 201
+    assert wsgi._status_code("bogus") == 0
+    for n in range(wsgi._STATUS_CODES_LIMIT + 10):        # apps inventing reason phrases
+        wsgi._status_code(f"200 OK {n}")
+    assert len(wsgi._status_codes) <= wsgi._STATUS_CODES_LIMIT
+
+
+def test_a_status_line_is_recorded_with_its_code(capture: Capture) -> None:
+    def app(env: Any, start_response: Any) -> list[bytes]:
+        start_response("418 I'm a teapot", [])
+        return [b"short and stout"]
+
+    assert run(meshed(capture, app), environ())[0] == "418 I'm a teapot"
+    [(labels, _)] = capture.wait_requests(1)
+    assert labels["response_code"] == "418"
