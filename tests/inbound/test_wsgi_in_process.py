@@ -55,6 +55,19 @@ def run(app: Any, env: dict[str, Any]) -> tuple[str, list[bytes]]:
     return seen[0], chunks
 
 
+def assert_route_named(capture: Capture, recorded: bool, route: str) -> None:
+    """A span that records is named after ``route``, which is also its ``http.route``;
+    an unsampled request is recorded (metrics) with no span exported."""
+    if recorded:
+        [span] = capture.spans(1)
+        assert span.name == route
+        assert span.attributes is not None
+        assert span.attributes["http.route"] == route
+    else:
+        capture.wait_requests(1)
+        assert capture.exporter.get_finished_spans() == ()
+
+
 @pytest.fixture
 def capture() -> Capture:
     return Capture()
@@ -137,14 +150,7 @@ def test_routes_are_wanted_only_for_spans_that_record(capture: Capture,
     run(meshed(capture, app, percentage), environ())
     assert wanted == [percentage == 100]
     assert not route_wanted()  # outside a request
-    if percentage == 100:
-        [span] = capture.spans(1)
-        assert span.name == "/reviews/{id}"
-        assert span.attributes is not None
-        assert span.attributes["http.route"] == "/reviews/{id}"
-    else:
-        capture.wait_requests(1)
-        assert capture.exporter.get_finished_spans() == ()
+    assert_route_named(capture, percentage == 100, "/reviews/{id}")
 
 
 @pytest.mark.parametrize("percentage", [0, 100])
