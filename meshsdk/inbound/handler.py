@@ -53,8 +53,8 @@ from meshsdk.telemetry.recorder import (
     ContextTokens,
     InboundStart,
     Telemetry,
-    _handling,
     attach,
+    current_handling,
     detach,
 )
 
@@ -78,7 +78,7 @@ answer to a request that reached a STRICT port without a verified peer."""
 
 def current_request() -> InboundRequest | None:
     """The inbound request being handled in this context (inside ``with request:``)."""
-    now = _handling.get()  # shared with telemetry (an InboundCall entered on its own)
+    now = current_handling()  # may also be an InboundCall entered on its own
     return now if isinstance(now, InboundRequest) else None
 
 

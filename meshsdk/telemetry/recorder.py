@@ -111,6 +111,11 @@ def current_request_id() -> str | None:
     return now.request_id if now is not None else None
 
 
+def current_handling() -> Handling | None:
+    """What :func:`attach` made current: the inbound request being handled, if any."""
+    return _handling.get()
+
+
 class HeaderSource(Protocol):
     """Headers that can list themselves (``httpx.Headers``), read only when needed."""
 
@@ -981,5 +986,5 @@ def _end_span(span: Span, record: CallRecord, side: _Side, *, client: bool) -> N
     span.end()
 
 
-__all__ = ["ACCESS_LOGGER", "InboundCall", "OutboundCall", "Telemetry", "attach",
-           "current_request_id", "detach"]
+__all__ = ["ACCESS_LOGGER", "Handling", "InboundCall", "OutboundCall", "Telemetry", "attach",
+           "current_handling", "current_request_id", "detach"]
