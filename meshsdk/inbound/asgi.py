@@ -18,7 +18,7 @@ the route after routing with :func:`~meshsdk.inbound.handler.set_route` or by se
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, MutableMapping
 from typing import Any
 
 from meshsdk.inbound.handler import InboundHandler, InboundRequest
@@ -127,18 +127,22 @@ def scope_facts(scope: Scope) -> dict[str, Any]:
             "peer_certificate": leaf, "server_name": server_name}
 
 
+def _start_soon(handler: InboundHandler, scope: Scope
+                ) -> InboundRequest | Coroutine[Any, Any, InboundRequest]:
+    """The handler's request for ``scope``, or a coroutine to await for it when its
+    check may block (:meth:`InboundHandler._start_soon`)."""
+    (method, scheme, authority, path, headers, remote_ip, remote_port, local_ip, local_port,
+     leaf, server_name) = _facts(scope)
+    return handler._start_soon(method, scheme, authority, path, headers, remote_ip,
+                               remote_port, local_ip, local_port, leaf, None, server_name,
+                               None)
+
+
 async def start_request(handler: InboundHandler, scope: Scope) -> InboundRequest:
     """``await handler.start_async(**scope_facts(scope))``, without the keyword round
     trip (for this module's middleware and the framework plugins)."""
-    (method, scheme, authority, path, headers, remote_ip, remote_port, local_ip, local_port,
-     leaf, server_name) = _facts(scope)
-    if not handler._may_block():  # checked here: no coroutine, no worker thread
-        return handler._start(method, scheme, authority, path, headers, remote_ip,
-                              remote_port, local_ip, local_port, leaf, None, server_name,
-                              None)
-    return await handler._start_async(method, scheme, authority, path, headers, remote_ip,
-                                      remote_port, local_ip, local_port, leaf, None,
-                                      server_name, None)
+    request = _start_soon(handler, scope)
+    return request if isinstance(request, InboundRequest) else await request
 
 
 def _app_scope(scope: Scope, request: InboundRequest) -> Scope:
@@ -193,17 +197,10 @@ class MeshASGIMiddleware:
             await self.app(scope, receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = self.handler
-        (method, scheme, authority, path, headers, remote_ip, remote_port, local_ip,
-         local_port, leaf, server_name) = _facts(scope)
-        if handler._may_block():  # the check may do I/O: in a worker thread
-            request = await handler._start_async(
-                method, scheme, authority, path, headers, remote_ip, remote_port, local_ip,
-                local_port, leaf, None, server_name, None)
-        else:
-            request = handler._start(method, scheme, authority, path, headers, remote_ip,
-                                     remote_port, local_ip, local_port, leaf, None,
-                                     server_name, None)
+        # start_request without its coroutine: one layer fewer on every request
+        request = _start_soon(self.handler, scope)
+        if not isinstance(request, InboundRequest):
+            request = await request
         if not request.allowed:
             assert request.status is not None
             await send({"type": "http.response.start", "status": request.status,

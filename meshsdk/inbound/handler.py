@@ -29,12 +29,12 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import lru_cache
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
@@ -234,11 +234,6 @@ class InboundHandler:
             compiled = self._compiled = _Security(snapshot, security, may_block)
         return compiled
 
-    def _may_block(self) -> bool:
-        """Whether checking a request can do I/O (a JWKS download, a CUSTOM authorizer):
-        then an event loop runs the check in a worker thread."""
-        return self._security().may_block
-
     @property
     def security(self) -> InboundSecurity:
         """The policies in force (recompiled after ``mesh.update``)."""
@@ -329,6 +324,22 @@ class InboundHandler:
             request._abort()
             raise
         return self._complete(request, decision)
+
+    def _start_soon(self, method: str, scheme: str, authority: str, path: str,
+                    headers: list[tuple[str, str]], remote_ip: str | None,
+                    remote_port: int | None, local_ip: str | None, local_port: int | None,
+                    cert: PeerCertificate | None, peer: str | None,
+                    server_name: str | None, route: str | None
+                    ) -> InboundRequest | Coroutine[Any, Any, InboundRequest]:
+        """For event loops: the request itself when its check cannot block, else the
+        coroutine of :meth:`_start_async` to await. Most workloads' policies do no I/O,
+        and then no coroutine is made and awaited on every request."""
+        if self._security().may_block:
+            return self._start_async(method, scheme, authority, path, headers, remote_ip,
+                                     remote_port, local_ip, local_port, cert, peer,
+                                     server_name, route)
+        return self._start(method, scheme, authority, path, headers, remote_ip, remote_port,
+                           local_ip, local_port, cert, peer, server_name, route)
 
     def _begin(self, method: str, scheme: str, authority: str, path: str,
                items: list[tuple[str, str]], remote_ip: str | None, remote_port: int | None,
