@@ -52,7 +52,6 @@ from meshsdk.telemetry.record import Peer
 from meshsdk.telemetry.recorder import (
     ContextTokens,
     InboundStart,
-    Telemetry,
     attach,
     current_handling,
     detach,
@@ -393,7 +392,7 @@ class InboundHandler:
         timeout = _timeout_from(timeouts) if timeouts else None
         return InboundRequest(self, compiled, method, scheme, authority, path, items, removed,
                               added, remote_ip, remote_port, local_ip, local_port, port, peer,
-                              server_name, route, telemetry, begun, refused, timeout)
+                              server_name, route, begun, refused, timeout)
 
     def _check(self, r: InboundRequest) -> InboundDecision:
         return r._security.security.check(
@@ -456,7 +455,7 @@ class InboundRequest:
     """
 
     __slots__ = ("_base", "_begun", "_context", "_deadline", "_entered", "_local_port",
-                 "_remote_port", "_scheme", "_security", "_telemetry", "added", "allowed",
+                 "_remote_port", "_scheme", "_security", "added", "allowed",
                  "authority", "body", "decision", "finished", "handler", "headers",
                  "local_ip", "method", "path", "peer", "port", "query", "refused",
                  "remote_ip", "removed", "request_id", "response_headers", "route",
@@ -467,8 +466,8 @@ class InboundRequest:
                  removed: tuple[str, ...], added: tuple[tuple[str, str], ...],
                  remote_ip: str | None, remote_port: int | None, local_ip: str | None,
                  local_port: int | None, port: int | None, peer: str | None,
-                 server_name: str | None, route: str | None, telemetry: Telemetry | None,
-                 begun: InboundStart | None, refused: bool, timeout: float | None) -> None:
+                 server_name: str | None, route: str | None, begun: InboundStart | None,
+                 refused: bool, timeout: float | None) -> None:
         # Built by the handler before the verdict (positional: this runs on every
         # request, before the app), which InboundHandler._complete then fills in.
         self.handler = handler
@@ -492,8 +491,7 @@ class InboundRequest:
         self.server_name = server_name
         self.route = route
         """The route template naming the server span; plugins set it after routing."""
-        self._telemetry = telemetry
-        self._begun = begun
+        self._begun = begun  # None when the mesh has no telemetry
         self.request_id = begun[0] if begun is not None else None
         """The request's ``x-request-id`` (None when telemetry is off)."""
         self._context: otel_context.Context | None = None  # see recorder.attach
@@ -520,8 +518,8 @@ class InboundRequest:
                 ) -> None:
         """Build the request's InboundCall (after the response: nothing before it
         needs one) and record it."""
-        telemetry, begun = self._telemetry, self._begun
-        if telemetry is None or begun is None:
+        begun, telemetry = self._begun, self.handler.mesh.telemetry
+        if begun is None or telemetry is None:
             return
         peer = self.peer
         call = telemetry._inbound_call(

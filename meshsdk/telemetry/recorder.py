@@ -398,9 +398,7 @@ class Telemetry:
                 elif name == "host":
                     size -= len(name) + len(value)
         if request_id is None:
-            now = _handling.get()
-            request_id = (now.request_id if now is not None else None) or \
-                self._new_request_id()
+            request_id = current_request_id() or self._new_request_id()
             headers.append((REQUEST_ID, request_id))
             size += len(REQUEST_ID) + len(request_id)
         target = self._targets.get((authority, scheme))
@@ -466,16 +464,7 @@ class Telemetry:
         ``headers`` are the request's, names lower-case. The connection's addresses
         are ``ip:port`` text or ``(ip, port)`` pairs (written out only when recorded,
         after the response)."""
-        return self._inbound(method, scheme, authority, path, list(headers), source, service,
-                             remote_address, local_address, server_name, security_policy,
-                             span_name)
-
-    def _inbound(self, method: str, scheme: str, authority: str, path: str,
-                 items: list[tuple[str, str]], source: Peer | None, service: Service | None,
-                 remote_address: Address | None, local_address: Address | None,
-                 server_name: str | None, security_policy: str, span_name: str | None
-                 ) -> InboundCall:
-        """:meth:`inbound` with positional arguments; ``items`` is a list the call keeps."""
+        items = list(headers)  # the call keeps it (and a request id made up for it)
         return self._inbound_call(
             self._inbound_start(method, scheme, authority, path, items, remote_address,
                                 span_name),
