@@ -73,6 +73,11 @@ def rewrite_request(decision: RouteDecision, req: RequestView,
 def rewrite_path(decision: RouteDecision, req: RequestView) -> str:
     """The path to send upstream, with ``?query`` when the request has one (the path
     part of :func:`rewrite_request`)."""
+    route = decision.route
+    if route is None or route.rewrite is None:  # most routes: the request's own target
+        path, query = req.path, req.query
+        if "?" not in path and "#" not in path and not query.startswith("?"):
+            return f"{path}?{query}" if query else path
     path = request_path(req)
     query = request_query(req)
     route = decision.route

@@ -121,12 +121,17 @@ def _url(text: str) -> httpx.URL:
     return url
 
 
+_NO_LIMITS = {"connect": None, "read": None, "write": None, "pool": None}
+"""httpx's ``timeout`` extension of a client made with ``timeout=None`` (as
+``mesh.client()`` makes them): nothing of the caller's to cap the attempt's limits."""
+
+
 def _target(attempt: Attempt, request: httpx.Request, address: str | None
             ) -> tuple[str, dict[str, Any]]:
     """The URL text and request extensions (timeouts, TLS server name) of one attempt."""
     t = attempt.timeout
     given = request.extensions.get("timeout")
-    if given:  # each part the caller gave caps ours (written out: once per attempt)
+    if given and given != _NO_LIMITS:  # each part the caller gave caps ours
         connect, read, write, pool = (attempt.connect_timeout, given.get("read"),
                                       given.get("write"), given.get("pool"))
         g = given.get("connect")
@@ -363,18 +368,23 @@ def _head(result: CallResult, raw: list[tuple[bytes, bytes]], source: httpx.Head
     return lowered_headers(raw, source.encoding if source is not None else None)
 
 
-_HEADERS_LIST = isinstance(getattr(httpx.Headers(), "_list", None), list)
+_PROBE = httpx.Headers()
+_HEADERS_LIST = (isinstance(getattr(_PROBE, "_list", None), list)
+                 and hasattr(_PROBE, "_encoding"))
+del _PROBE
 
 
 def lowered_headers(raw: list[tuple[bytes, bytes]], encoding: str | None = None
                     ) -> httpx.Headers:
     """``httpx.Headers`` of an upstream's raw head with lower-case names (as Envoy
-    forwards them). Fills httpx's private ``_list`` of (name, lower name, value)
-    directly when it has one: its constructor re-checks the type of every name and
-    value, which cost half as much again as the rest of the caller's response."""
+    forwards them). Fills httpx's private ``_list`` of (name, lower name, value) and
+    ``_encoding`` directly when it has them: its constructor re-checks the type of every
+    name and value, and checks its argument against ``typing.Mapping`` even when empty,
+    which alone cost more than the rest of this function."""
     if not _HEADERS_LIST:  # pragma: no cover - another httpx
         return httpx.Headers([(k.lower(), v) for k, v in raw], encoding=encoding)
-    headers = httpx.Headers(encoding=encoding)
+    headers = httpx.Headers.__new__(httpx.Headers)
+    headers._encoding = encoding
     items: list[tuple[bytes, bytes, bytes]] = []
     for name, value in raw:
         name = name.lower()
@@ -489,7 +499,11 @@ class ReleasingStream(_Releasing, httpx.SyncByteStream):
         try:
             inner = self._inner
             if isinstance(inner, httpcore.Response):
-                inner.close()
+                # what httpx's own transport does: close the body stream itself
+                # (httpcore's Response.close first checks it against typing.Iterable)
+                close = getattr(inner.stream, "close", None)
+                if close is not None:
+                    close()
             elif inner is None:
                 pass  # closed already
             elif isinstance(inner.stream, httpx.SyncByteStream):
@@ -519,7 +533,9 @@ class AsyncReleasingStream(_Releasing, httpx.AsyncByteStream):
         try:
             inner = self._inner
             if isinstance(inner, httpcore.Response):
-                await inner.aclose()
+                aclose = getattr(inner.stream, "aclose", None)  # as in close()
+                if aclose is not None:
+                    await aclose()
             elif inner is None:
                 pass  # closed already
             elif isinstance(inner.stream, httpx.AsyncByteStream):

@@ -12,7 +12,7 @@ import pytest
 
 from meshsdk import Mesh, Workload
 from meshsdk.testing.builders import config_from_yaml, service_entry
-from meshsdk.testing.upstream import Reply, Upstream, free_port, script
+from meshsdk.testing.upstream import Reply, Upstream, free_port, respond, script
 
 CLIENT = Workload("productpage", "default", {"app": "productpage"})
 URL = "http://reviews:9080/d"
@@ -165,6 +165,44 @@ def test_non_ascii_request_headers_go_out_byte_for_byte(mode: str,
         [mirrored] = [{k: v.encode("latin-1") for k, v in r.headers.items()}
                       for r in shadow.requests]
         assert (mirrored["end-user"], mirrored["x-note"]) == (utf8, utf8)
+
+
+@pytest.mark.parametrize("value", ["Zoë", "José".encode().decode("latin-1")])
+def test_response_headers_decode_as_bare_httpx_decodes_them(value: str) -> None:
+    """The caller's response head is built without httpx.Headers' constructor; it must
+    still decode (Latin-1, UTF-8) and look up exactly as bare httpx's does."""
+    with Upstream("r", respond(200, "ok", {"X-Name": value, "X-Plain": "a"})) as up:
+        with httpx.Client() as bare:
+            expected = bare.get(f"http://127.0.0.1:{up.port}/d").headers
+        with _mesh(up).client() as client:
+            got = client.get(URL).headers
+    mine = [(k, v) for k, v in got.multi_items() if k in ("x-name", "x-plain")]
+    theirs = [(k, v) for k, v in expected.multi_items() if k in ("x-name", "x-plain")]
+    assert mine == theirs and got.encoding == expected.encoding
+    assert got["X-NAME"] == expected["x-name"]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_closed_body_gives_its_connection_back_to_the_pool(mode: str) -> None:
+    """Closing the caller's body closes the upstream body stream: the next call reuses
+    the same connection instead of opening another."""
+    with Upstream("r") as up:
+        mesh = _mesh(up)
+        if mode == "sync":
+            with mesh.client() as client:
+                for _ in range(5):
+                    assert client.get(URL).content == b"r"
+                connections = client._transport._pool.connections
+                assert len(connections) == 1 and connections[0].is_idle()
+            return
+
+        async def run() -> None:
+            async with mesh.async_client() as client:
+                for _ in range(5):
+                    assert (await client.get(URL)).content == b"r"
+                connections = client._transport._pool.connections
+                assert len(connections) == 1 and connections[0].is_idle()
+        asyncio.run(run())
 
 
 def test_header_items_is_multi_items() -> None:

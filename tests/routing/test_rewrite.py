@@ -74,6 +74,30 @@ def test_no_rewrite_keeps_path_and_query(snapshot_of: Build, request_of: Req, vs
     assert rewritten(snapshot_of(), request_of("/a", authority="ratings:9080")) == ("/a", None)
 
 
+@pytest.mark.parametrize(("path", "query", "expected"), [
+    ("/a", "", "/a"),
+    ("/a", "x=1", "/a?x=1"),
+    ("/a", "?x=1", "/a?x=1"),        # a driver that kept the "?" on the query
+    ("/a?x=1", "", "/a?x=1"),        # the query still on the path
+    ("/a#frag", "", "/a"),           # a fragment never goes upstream
+    ("/a?x=1#frag", "", "/a?x=1"),
+])
+def test_without_a_rewrite_the_target_is_normalised_as_with_one(
+        snapshot_of: Build, request_of: Req, vs: VS, path: str, query: str,
+        expected: str) -> None:
+    """Routes without a rewrite take a shortcut; it must give what the general path
+    gives (query from either place, fragment dropped), with and without a route."""
+    plain = snapshot_of(vs("  - route: [{destination: {host: reviews}}]\n"))
+    prefixed = snapshot_of(vs("  - rewrite: {uri: /}\n"
+                              "    match: [{uri: {prefix: /}}]\n"
+                              "    route: [{destination: {host: reviews}}]\n"))
+    request = request_of(path, query=query)
+    assert rewritten(plain, request) == (expected, None)
+    assert rewritten(prefixed, request) == (expected, None)  # the general path agrees
+    assert rewritten(snapshot_of(), request_of(path, query=query, authority="ratings:9080")
+                     ) == (expected, None)
+
+
 # --- authority -------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("route_part", "authority"), [
