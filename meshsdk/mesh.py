@@ -227,9 +227,12 @@ class Mesh:
         if self.telemetry is not None:  # trace headers and x-request-id join the request
             call = self.telemetry.outbound(method, scheme, authority, raw, items, lookup)
             lookup = None  # items grew
-        view = RequestView.build(method, scheme, authority, path, query,
-                                 lookup if lookup is not None else items,
-                                 source=self.workload, lowered=lowered)
+        if lookup is not None:  # from httpx: method, scheme and names normalised already
+            view = RequestView.of(method, scheme, authority, path, query, lookup,
+                                  self.workload)
+        else:
+            view = RequestView.build(method, scheme, authority, path, query, items,
+                                     source=self.workload, lowered=lowered)
         # positional, in field order (request, snapshot, view, clusters, clock, rng,
         # replayable, deadline, source_ip, identity): binding keywords costs per call
         ctx = CallContext(view, state.snapshot, state.view, self._clusters, self._clock,

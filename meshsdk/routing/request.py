@@ -64,10 +64,18 @@ class RequestView:
             for name, value in (headers.items() if isinstance(headers, dict) else headers):
                 key = name.lower()
                 merged[key] = f"{merged[key]},{value}" if key in merged else value
-        port = _port_of(authority, url_scheme)
-        return cls(method.upper(), url_scheme.lower(), authority, path, query,
-                   MappingProxyType(merged), port, source or Workload(),
-                   merged.get("content-type", "").startswith("application/grpc"))
+        return cls.of(method.upper(), url_scheme.lower(), authority, path, query, merged,
+                      source or Workload())
+
+    @classmethod
+    def of(cls, method: str, scheme: str, authority: str, path: str, query: str,
+           headers: dict[str, str], source: Workload) -> RequestView:
+        """:meth:`build` from parts already normalised (method upper-case, scheme
+        lower-case, one lower-case name per header), as httpx's request has them: no
+        pass over the headers. The view keeps ``headers``; it must not change afterwards."""
+        return cls(method, scheme, authority, path, query, MappingProxyType(headers),
+                   _port_of(authority, scheme), source,
+                   headers.get("content-type", "").startswith("application/grpc"))
 
 
 _PORT_CACHE_LIMIT = 1024

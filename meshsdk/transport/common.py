@@ -13,9 +13,8 @@ from collections.abc import (
     Iterator,
     Sequence,
 )
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import httpcore
 import httpx
@@ -490,10 +489,12 @@ class ReleasingStream(_Releasing, httpx.SyncByteStream):
         stream = inner.stream
         if not hasattr(stream, "__iter__"):  # not the Iterable ABC: its check costs more
             raise RuntimeError("Attempted to call a sync iterator on an async stream.")
-        with _mapped(inner):
+        try:
             for chunk in stream:
                 self.bytes_read += len(chunk)
                 yield chunk
+        except Exception:
+            _reraise_mapped(inner)
 
     def close(self) -> None:
         try:
@@ -524,10 +525,12 @@ class AsyncReleasingStream(_Releasing, httpx.AsyncByteStream):
         stream = inner.stream
         if not hasattr(stream, "__aiter__"):  # not the AsyncIterable ABC: its check costs more
             raise RuntimeError("Attempted to call an async iterator on an sync stream.")
-        with _mapped(inner):
+        try:
             async for chunk in stream:
                 self.bytes_read += len(chunk)
                 yield chunk
+        except Exception:
+            _reraise_mapped(inner)
 
     async def aclose(self) -> None:
         try:
@@ -546,9 +549,13 @@ class AsyncReleasingStream(_Releasing, httpx.AsyncByteStream):
             self._done()
 
 
-def _mapped(inner: httpx.Response | httpcore.Response) -> AbstractContextManager[None]:
-    """httpx's mapping of httpcore's errors for a body read straight from httpcore;
-    nothing for an httpx response (its errors are httpx's already)."""
+def _reraise_mapped(inner: httpx.Response | httpcore.Response) -> NoReturn:
+    """Re-raise the exception being handled, as httpx's own transport would: an error
+    of a body read straight from httpcore becomes httpx's (``map_httpcore_exceptions``);
+    an httpx response's errors are httpx's already. Called only once an exception is
+    raised, so a body read without error never builds the context manager (a tenth of
+    the cost of passing a body through)."""
     if isinstance(inner, httpcore.Response):
-        return map_httpcore_exceptions()
-    return nullcontext()
+        with map_httpcore_exceptions():
+            raise
+    raise
