@@ -52,6 +52,7 @@ bench: dev
 	$(PY) bench/middleware_overhead.py
 	$(PY) bench/controlplane_scale.py
 	$(PY) bench/instructions.py
+	$(PY) bench/cache_pressure.py
 
 # each framework integration against its oldest and latest supported version
 # (integrations/matrix.toml), in throwaway venvs under .matrix/; `make test` runs the installed

@@ -4,12 +4,12 @@
     python bench/cache_pressure.py --evict-mb 0,4,8,32 --rounds 400
 
 Why: ``instructions.py`` counts the mesh's work and ``sdk_overhead.py`` times it over a
-real network, and the two disagree: the mesh adds about 9% of a bare call's
-instructions, but 10 - 12% of its latency over loopback, and more than 20% in memory.
-The added work touches much more code and data per instruction than httpx's own
-(about sixty small Python functions, the route, cluster, balancer and endpoint objects
-of the configuration), so it suffers more when the caches are cold, as they are after a
-network round trip. This benchmark shows that directly: each call of a bare
+real network, and the two disagree: the mesh adds about 8% of a bare call's
+instructions, but 9 - 11% of its latency over loopback, and more than 20% in memory:
+its work (some sixty-five calls of small Python functions over the route, cluster,
+balancer and endpoint objects of the configuration) takes longer per instruction than
+httpx's own. This benchmark measures that in memory, hot and with cold caches (as they
+are after a network round trip): each call of a bare
 ``httpx.Client()`` and of ``mesh.client()`` (``instructions.py``'s clients, their
 connection pool answering from memory, so no network and no kernel time) is made after
 copying a buffer of N MB (not timed), which pushes most of what the previous call
