@@ -20,7 +20,6 @@ import math
 import random
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
 from typing import Any
 
 from meshsdk.config.hosts import expand_host, join_host_port, split_host_port
@@ -293,14 +292,15 @@ def call_flow(ctx: CallContext) -> Generator[Effect, AttemptResult | None, CallR
     route = decision.route
     flags: list[Flag] = []
 
-    fault = decide_fault(route.fault if route is not None else None, ctx.rng, grpc=req.grpc)
-    if fault.delay:
-        flags.append(Flag.DELAY_INJECTED)
-        yield Sleep(fault.delay)
-    if fault.abort_status is not None or fault.abort_grpc_status is not None:
-        flags.append(Flag.FAULT_INJECTED)
-        return _local(_abort_reply(fault.abort_status, fault.abort_grpc_status, req.grpc),
-                      decision, tuple(flags))
+    if route is not None and route.fault is not None:
+        fault = decide_fault(route.fault, ctx.rng, grpc=req.grpc)
+        if fault.delay:
+            flags.append(Flag.DELAY_INJECTED)
+            yield Sleep(fault.delay)
+        if fault.abort_status is not None or fault.abort_grpc_status is not None:
+            flags.append(Flag.FAULT_INJECTED)
+            return _local(_abort_reply(fault.abort_status, fault.abort_grpc_status, req.grpc),
+                          decision, tuple(flags))
 
     target = pick_target(decision, ctx.rng) if not decision.passthrough else None
     if target is None and not decision.passthrough:
@@ -389,9 +389,9 @@ def call_flow(ctx: CallContext) -> Generator[Effect, AttemptResult | None, CallR
                     continue
             elif wants_retry:
                 flags.append(Flag.UPSTREAM_RETRY_LIMIT_EXCEEDED)
-            return _finish(decision, req, plan, cluster, endpoint, result, tuple(flags),
-                           attempts=retries + 1, state=state,
-                           mtls=tls is not None and tls.mode == "ISTIO_MUTUAL")
+            return _finish(decision, req, plan, cluster, endpoint, result,
+                           tuple(flags) if flags else (), retries + 1, state,
+                           tls is not None and tls.mode == "ISTIO_MUTUAL")
     except GeneratorExit:
         # The driver abandoned the call (cancelled task, caller's exception): give back
         # what this call holds, or the cluster would leak admission slots and load.
@@ -405,13 +405,8 @@ def call_flow(ctx: CallContext) -> Generator[Effect, AttemptResult | None, CallR
 
 
 def _forward_headers(req: RequestView) -> list[tuple[str, str]]:
-    """The caller's headers minus the hop-by-hop and mesh-internal ones (a copy of the
-    view's dict with those deleted: cheaper than filtering every header in Python)."""
-    headers = req.headers
-    kept = headers.copy() if isinstance(headers, MappingProxyType) else dict(headers)
-    for name in _DROP.intersection(kept):
-        del kept[name]
-    return list(kept.items())
+    """The caller's headers minus the hop-by-hop and mesh-internal ones."""
+    return [item for item in req.headers.items() if item[0] not in _DROP]
 
 
 def _attempt_headers(request_ops: tuple[HeaderOperations, ...],
@@ -552,8 +547,8 @@ def _local(reply: LocalReply, decision: RouteDecision, flags: tuple[Flag, ...], 
 
 def _finish(decision: RouteDecision, req: RequestView, plan: _Plan,
             cluster: Cluster, endpoint: Endpoint, result: AttemptResult,
-            flags: tuple[Flag, ...], *, attempts: int, state: _CallState,
-            mtls: bool = False) -> CallResult:
+            flags: tuple[Flag, ...], attempts: int, state: _CallState,
+            mtls: bool) -> CallResult:
     outcome = result.outcome
     state.cluster = cluster
     state.endpoint = endpoint

@@ -55,6 +55,7 @@ class ConnectionLimits:
         self.connect_timeout = default_connect_timeout
         self.idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
         self.max_requests_per_connection: int | None = None
+        self._admit = UNLIMITED
         self.update(settings)
 
     def update(self, settings: ConnectionPoolSettings | None) -> None:
@@ -72,19 +73,20 @@ class ConnectionLimits:
             self.idle_timeout = DEFAULT_IDLE_TIMEOUT if idle is None else (idle or None)
             per_conn = http.max_requests_per_connection if http else None
             self.max_requests_per_connection = per_conn if per_conn else None
+            self._admit = min(self.max_connections + self.max_pending_requests,
+                              self.max_requests)  # try_acquire's one comparison
 
     @property
     def max_in_flight(self) -> int:
         """Requests admitted at once: ``min(maxConnections + pending, http2MaxRequests)``."""
-        return min(self.max_connections + self.max_pending_requests, self.max_requests)
+        return self._admit
 
     def try_acquire(self) -> bool:
         """Admit one request, or refuse it (overflow: answer 503 UO without sending)."""
         lock = self._lock  # acquire/release: half the cost of `with` (see balancer.py)
         lock.acquire()
         try:
-            if (self._in_flight >= self.max_connections + self.max_pending_requests
-                    or self._in_flight >= self.max_requests):
+            if self._in_flight >= self._admit:
                 return False
             self._in_flight += 1
             return True
