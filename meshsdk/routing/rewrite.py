@@ -80,7 +80,6 @@ def rewrite_path(decision: RouteDecision, req: RequestView) -> str:
             return f"{path}?{query}" if query else path
     path = request_path(req)
     query = request_query(req)
-    route = decision.route
     if route is not None:
         rw = route.rewrite
         if rw is not None:
