@@ -73,21 +73,17 @@ def rewrite_request(decision: RouteDecision, req: RequestView,
 def rewrite_path(decision: RouteDecision, req: RequestView) -> str:
     """The path to send upstream, with ``?query`` when the request has one (the path
     part of :func:`rewrite_request`)."""
+    path, query = req.path, req.query
+    if "?" in path or "#" in path or query.startswith("?"):  # rare: normalise them
+        path, query = request_path(req), request_query(req)
     route = decision.route
-    if route is None or route.rewrite is None:  # most routes: the request's own target
-        path, query = req.path, req.query
-        if "?" not in path and "#" not in path and not query.startswith("?"):
-            return f"{path}?{query}" if query else path
-    path = request_path(req)
-    query = request_query(req)
-    if route is not None:
-        rw = route.rewrite
-        if rw is not None:
-            regex = rw.uri_regex_rewrite
-            if regex is not None and regex.match:
-                path = regex_replace_all(regex.match, regex.rewrite, path)
-            elif rw.uri:
-                path = rw.uri + path[matched_length(decision.matched, path):]
+    rw = route.rewrite if route is not None else None
+    if rw is not None:
+        regex = rw.uri_regex_rewrite
+        if regex is not None and regex.match:
+            path = regex_replace_all(regex.match, regex.rewrite, path)
+        elif rw.uri:
+            path = rw.uri + path[matched_length(decision.matched, path):]
     return f"{path}?{query}" if query else path
 
 
