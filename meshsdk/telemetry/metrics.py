@@ -36,7 +36,6 @@ from operator import itemgetter
 from types import MappingProxyType
 from typing import Final, Protocol
 
-from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.metrics import (
     CallbackOptions,
@@ -49,6 +48,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricF
 from prometheus_client.registry import CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
+from meshsdk.telemetry import otel_runtime
 from meshsdk.telemetry.deferred import DeferredQueue, Drainer
 from meshsdk.telemetry.labels import BYTES_BUCKETS, DURATION_BUCKETS_MS, LABEL_NAMES, istio_labels
 from meshsdk.telemetry.record import UNKNOWN, CallRecord
@@ -445,7 +445,7 @@ class OtelMetrics:
     def record(self, record: CallRecord, view: MetricsView = DEFAULT_VIEW) -> None:
         """Record ``record`` into the instruments the view leaves enabled."""
         duration_ms = max(record.duration, 0.0) * 1000.0
-        context = otel_context.get_current()  # exemplars: the span current at the call
+        context = otel_runtime.get_current()  # exemplars: the span current at the call
         queue = self._queue
         for group in view.groups():
             layout = group.layout

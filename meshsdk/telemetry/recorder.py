@@ -29,7 +29,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, overload
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TraceState
 
 from meshsdk.config.hosts import join_host_port, kube_service_parts, split_host_port
@@ -39,6 +38,7 @@ from meshsdk.outcome import format_flags, response_code_details
 from meshsdk.randomness import fresh_random
 from meshsdk.routing.router import BLACKHOLE_ROUTE
 from meshsdk.security.spiffe import SpiffeId
+from meshsdk.telemetry import otel_runtime
 from meshsdk.telemetry.accesslog import (
     DEFAULT_JSON_LABELS,
     DEFAULT_TEXT_FORMAT,
@@ -72,7 +72,7 @@ from meshsdk.telemetry.propagation import (
     inject_hex,
 )
 from meshsdk.telemetry.record import DEFAULT_CLUSTER_ID, UNKNOWN, CallRecord, Peer, Service
-from meshsdk.telemetry.tracing import SpanStarter, decide_sampling
+from meshsdk.telemetry.tracing import SpanStarter, UnsampledSpan, decide_sampling
 from meshsdk.workload import Workload
 
 if TYPE_CHECKING:
@@ -411,7 +411,7 @@ class Telemetry:
         ids: tuple[str, str] | None = None
         if side.tracing and (side.propagate or side.report_spans):
             parent: Parent | None = None
-            current = trace.get_current_span().get_span_context()
+            current = otel_runtime.current_span().get_span_context()
             if current.is_valid:
                 parent = Parent(current, decided=True)
             elif found_trace:
@@ -790,7 +790,8 @@ class OutboundCall:
         tel._emit(self.side, record)
 
 
-ContextTokens = tuple[object, "contextvars.Token[Handling | None]"]
+ContextTokens = tuple["contextvars.Token[otel_context.Context] | None",
+                      "contextvars.Token[Handling | None]"]
 """What :func:`attach` made current: the OTel context's token (None without a span)
 and the request's."""
 
@@ -810,12 +811,12 @@ def attach(span: Span | None, handling: Handling, contexts: SpanContexts) -> Con
     :class:`InboundCall` and the inbound handler, which keeps the tokens itself."""
     ctx_token = None
     if span is not None:
-        base = otel_context.get_current()
+        base = otel_runtime.get_current()
         ctx = contexts._context
         if ctx is None or base is not contexts._base:
-            ctx = contexts._context = trace.set_span_in_context(span, base)
+            ctx = contexts._context = otel_runtime.with_span(span, base)
             contexts._base = base
-        ctx_token = otel_context.attach(ctx)
+        ctx_token = otel_runtime.attach(ctx)
     return ctx_token, _handling.set(handling)
 
 
@@ -824,7 +825,7 @@ def detach(tokens: ContextTokens) -> None:
     ctx_token, token = tokens
     _handling.reset(token)
     if ctx_token is not None:
-        otel_context.detach(ctx_token)  # type: ignore[arg-type]
+        otel_runtime.detach(ctx_token)
 
 
 @dataclass(slots=True, eq=False)
@@ -930,6 +931,11 @@ class InboundCall:
 
 def _close_span(span: Span, record: CallRecord, side: _Side, *, client: bool) -> None:
     """Stamp the record with the span's ids and, when it records, end it."""
+    if type(span) is UnsampledSpan:  # most requests: its ids without a SpanContext
+        trace_id, span_id = span.trace_and_span_id
+        record.trace_id = f"{trace_id:032x}"
+        record.span_id = f"{span_id:016x}"
+        return
     ctx = span.get_span_context()
     record.trace_id = f"{ctx.trace_id:032x}"
     record.span_id = f"{ctx.span_id:016x}"

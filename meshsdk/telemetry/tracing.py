@@ -110,6 +110,12 @@ class UnsampledSpan(NonRecordingSpan):
                 trace_flags=_SAMPLED if sampled else _NOT_SAMPLED, trace_state=state)
         return context
 
+    @property
+    def trace_and_span_id(self) -> tuple[int, int]:
+        """The two ids, without building the :class:`SpanContext` (what a request's
+        record reads after its response)."""
+        return self._ids[0], self._ids[1]
+
     def __repr__(self) -> str:
         return f"UnsampledSpan({self.get_span_context()!r})"
 
