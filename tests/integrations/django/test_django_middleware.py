@@ -28,6 +28,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import include, path
 from meshsdk_django import get_mesh, inbound_request
+from meshsdk_django.middleware import response_headers
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -113,10 +114,17 @@ def admin(request: HttpRequest) -> HttpResponse:
     return HttpResponse("admin")
 
 
+def headed(request: HttpRequest) -> HttpResponse:
+    response = HttpResponse("ok", content_type="text/plain")
+    response["X-Shop-Version"] = "7"
+    response.set_cookie("session", "s1")  # a cookie: not among the recorded headers
+    return response
+
+
 shop_patterns = [path("orders/<int:order_id>", order), path("stream", stream),
                  path("astream", astream), path("deadlines", deadlines)]
 urlpatterns = [path("shop/", include(shop_patterns)), path("boom", boom),
-               path("admin/panel", admin)]
+               path("admin/panel", admin), path("headed", headed)]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -257,3 +265,24 @@ def test_a_view_that_raises_is_recorded_as_500(server: Any) -> None:
     assert span.attributes.get("http.response.status_code") == 500
     [record] = RECORDS.records
     assert record.status == 500
+
+
+def test_the_record_has_the_response_headers_in_lower_case(server: Any) -> None:
+    r = get(server, "/headed")
+    assert r.status_code == 200 and r.headers["x-shop-version"] == "7"
+    spans(1)  # recorded when the server closed the response
+    [record] = RECORDS.records
+    recorded = list(record.response_headers)
+    assert ("x-shop-version", "7") in recorded
+    assert ("content-type", "text/plain") in recorded
+    assert all(name == name.lower() for name, _ in recorded)
+    assert "set-cookie" not in {name for name, _ in recorded}  # as response.items()
+
+
+def test_response_headers_read_any_mapping_as_items_does() -> None:
+    response = HttpResponse("ok", content_type="text/plain")
+    response["X-Shop-Version"] = "7"
+    expected = [(name.lower(), value) for name, value in response.items()]
+    assert response_headers(response) == expected  # from Django's own store
+    response.headers = {"X-Other": "1"}  # a mapping without that store: items()
+    assert response_headers(response) == [("x-other", "1")]
