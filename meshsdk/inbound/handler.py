@@ -48,7 +48,7 @@ from meshsdk.security.inbound import InboundDecision, InboundSecurity
 from meshsdk.security.peer_authn import Mode
 from meshsdk.security.spiffe import parse_spiffe_id, spiffe_ids_of
 from meshsdk.telemetry.propagation import REQUEST_ID
-from meshsdk.telemetry.record import Peer
+from meshsdk.telemetry.record import NO_PEER, Peer
 from meshsdk.telemetry.recorder import (
     ContextTokens,
     InboundStart,
@@ -135,8 +135,6 @@ def peer_from_certificate(cert: PeerCertificate | None) -> str | None:
 _WATCHED = frozenset({XFCC_HEADER, REQUEST_ID, ENVOY_TIMEOUT_HEADER, GRPC_TIMEOUT_HEADER})
 """Request headers the handler looks at by name."""
 
-_NO_PEER = Peer()
-
 
 @lru_cache(maxsize=1024)
 def _mtls_source(peer: str) -> Peer:
@@ -146,7 +144,7 @@ def _mtls_source(peer: str) -> Peer:
 
 
 def _source_of(peer: str | None) -> Peer:
-    return _NO_PEER if peer is None else _mtls_source(peer)
+    return NO_PEER if peer is None else _mtls_source(peer)
 
 
 def _split_address(address: tuple[str, int] | str | None) -> tuple[str | None, int | None]:

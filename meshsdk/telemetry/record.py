@@ -177,8 +177,8 @@ class CallRecord:
         r.requested_server_name = None
         r.response_code_details = None
         r.attempts = 1
-        r.source = _NO_PEER          # Peer and Service are frozen: one default is shared
-        r.destination = _NO_PEER
+        r.source = NO_PEER           # Peer and Service are frozen: one default is shared
+        r.destination = NO_PEER
         r.service = _NO_SERVICE
         r.connection_security_policy = UNKNOWN
         r.trace_id = None
@@ -204,7 +204,8 @@ class CallRecord:
                 ":scheme": self.scheme}
 
 
-_NO_PEER = Peer()
+NO_PEER = Peer()
+"""A peer nothing is known of (a plaintext caller): frozen, so one is shared."""
 _NO_SERVICE = Service()
 
 
@@ -219,4 +220,4 @@ def _header(items: Sequence[tuple[str, str]], name: str,
     return None
 
 
-__all__ = ["DEFAULT_CLUSTER_ID", "UNKNOWN", "CallRecord", "Peer", "Reporter", "Service"]
+__all__ = ["DEFAULT_CLUSTER_ID", "NO_PEER", "UNKNOWN", "CallRecord", "Peer", "Reporter", "Service"]

@@ -71,7 +71,14 @@ from meshsdk.telemetry.propagation import (
     inject,
     inject_hex,
 )
-from meshsdk.telemetry.record import DEFAULT_CLUSTER_ID, UNKNOWN, CallRecord, Peer, Service
+from meshsdk.telemetry.record import (
+    DEFAULT_CLUSTER_ID,
+    NO_PEER,
+    UNKNOWN,
+    CallRecord,
+    Peer,
+    Service,
+)
 from meshsdk.telemetry.tracing import SpanStarter, UnsampledSpan, decide_sampling
 from meshsdk.workload import Workload
 
@@ -525,7 +532,7 @@ class Telemetry:
         """The :class:`InboundCall` of a request :meth:`_inbound_start` began."""
         request_id, span, target, started, started_wall = start
         return InboundCall(self, self._server, method, scheme, authority, path, items,
-                           request_id, span, source or Peer(), service or target.service,
+                           request_id, span, source or NO_PEER, service or target.service,
                            remote_address, local_address, server_name, security_policy,
                            started, started_wall, upstream_cluster=target.cluster)
 
