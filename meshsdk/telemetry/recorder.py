@@ -938,15 +938,15 @@ class InboundCall:
 
 def _close_span(span: Span, record: CallRecord, side: _Side, *, client: bool) -> None:
     """Stamp the record with the span's ids and, when it records, end it."""
-    if type(span) is UnsampledSpan:  # most requests: its ids without a SpanContext
+    if type(span) is UnsampledSpan:  # most requests: ids as drawn, no SpanContext built
         trace_id, span_id = span.trace_and_span_id
-        record.trace_id = f"{trace_id:032x}"
-        record.span_id = f"{span_id:016x}"
-        return
-    ctx = span.get_span_context()
-    record.trace_id = f"{ctx.trace_id:032x}"
-    record.span_id = f"{ctx.span_id:016x}"
-    if span.is_recording():
+        recording = False
+    else:
+        ctx = span.get_span_context()
+        trace_id, span_id, recording = ctx.trace_id, ctx.span_id, span.is_recording()
+    record.trace_id = f"{trace_id:032x}"
+    record.span_id = f"{span_id:016x}"
+    if recording:
         _end_span(span, record, side, client=client)
 
 
