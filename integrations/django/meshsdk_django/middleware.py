@@ -125,14 +125,12 @@ class _Recorder:
         response = self.response
         for name, value in self.inbound.response_headers:
             response[name] = value
-        if response.streaming:
+        if response.streaming:  # counted as it streams; a whole body when recorded
             content = response.streaming_content
             if hasattr(content, "__aiter__"):
                 response.streaming_content = self._count_async(content)
             else:
                 response.streaming_content = self._count(content)
-        else:
-            self.sent = len(response.content)
         close = response.close
 
         def close_and_record() -> None:
@@ -166,7 +164,9 @@ class _Recorder:
 
     def finish(self) -> None:
         response = self.response
-        self.inbound._finish(response.status_code, response_headers(response), self.sent,
+        # a whole body is measured now, after the response, rather than before it
+        sent = self.sent if response.streaming else len(response.content)
+        self.inbound._finish(response.status_code, response_headers(response), sent,
                              None, None, "HTTP/1.1")
 
 
