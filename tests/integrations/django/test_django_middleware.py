@@ -277,6 +277,7 @@ def test_the_record_has_the_response_headers_in_lower_case(server: Any) -> None:
     assert ("content-type", "text/plain") in recorded
     assert all(name == name.lower() for name, _ in recorded)
     assert "set-cookie" not in {name for name, _ in recorded}  # as response.items()
+    assert record.bytes_sent == len(r.content) == 2  # the whole body, measured at close
 
 
 def test_response_headers_read_any_mapping_as_items_does() -> None:
