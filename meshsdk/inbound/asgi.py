@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, MutableMap
 from typing import Any
 
 from meshsdk.inbound.handler import InboundHandler, InboundRequest
+from meshsdk.memo import remember
 from meshsdk.mesh import Mesh
 
 Scope = MutableMapping[str, Any]
@@ -54,9 +55,7 @@ def _learn(raw: bytes) -> str:
     name = raw.decode("latin-1").lower()
     # a bytearray cannot be a key; a long name is no common one (and would cost memory)
     if type(raw) is bytes and len(raw) <= _NAME_LENGTH:
-        if len(_names) >= _NAMES_LIMIT:  # clients inventing header names
-            _names.clear()
-        _names[raw] = name
+        remember(_names, raw, name, _NAMES_LIMIT)  # clients inventing header names
     return name
 
 

@@ -43,6 +43,7 @@ from meshsdk.deadline import ENVOY_TIMEOUT_HEADER, GRPC_TIMEOUT_HEADER, deadline
 from meshsdk.deadline import timeout_from_headers as _timeout_from
 from meshsdk.inbound.xfcc import HEADER as XFCC_HEADER
 from meshsdk.inbound.xfcc import xfcc_peer
+from meshsdk.memo import remember
 from meshsdk.security.errors import SecurityError
 from meshsdk.security.inbound import InboundDecision, InboundSecurity
 from meshsdk.security.peer_authn import Mode
@@ -176,9 +177,7 @@ class _Trusted:
                 known = False
             else:
                 known = any(addr in net for net in self.networks)
-            if len(self._known) >= _TRUSTED_CACHE_LIMIT:
-                self._known.clear()
-            self._known[ip] = known
+            remember(self._known, ip, known, _TRUSTED_CACHE_LIMIT)
         return known
 
 

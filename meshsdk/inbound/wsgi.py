@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from meshsdk.inbound.handler import InboundHandler, InboundRequest, PeerCertificate
+from meshsdk.memo import remember
 from meshsdk.mesh import Mesh
 
 Environ = MutableMapping[str, Any]
@@ -127,9 +128,7 @@ def _plan(keys: tuple[str, ...]) -> _Plan:
         def values(environ: Environ) -> tuple[str, ...]:
             return ()
     plan = (values, tuple(header_names), any(name in _CGI_NAMES for name in header_names))
-    if len(_plans) >= _PLANS_LIMIT:  # clients inventing header names
-        _plans.clear()
-    _plans[keys] = plan
+    remember(_plans, keys, plan, _PLANS_LIMIT)  # clients inventing header names
     return plan
 
 
@@ -199,9 +198,7 @@ def _port_number(value: object) -> int | None:
         return None
     number = int(text)
     if type(value) in (str, int):  # what servers give; anything else is not kept
-        if len(_port_numbers) >= _PORT_NUMBERS_LIMIT:
-            _port_numbers.clear()
-        _port_numbers[value] = number
+        remember(_port_numbers, value, number, _PORT_NUMBERS_LIMIT)
     return number
 
 
@@ -327,10 +324,8 @@ def _status_code(status: str) -> int:
     """The code of a status line missing from ``_status_codes`` (0 when it has none)."""
     code = status.partition(" ")[0]
     number = int(code) if code.isdigit() else 0
-    if type(status) is str:
-        if len(_status_codes) >= _STATUS_CODES_LIMIT:  # apps inventing reason phrases
-            _status_codes.clear()
-        _status_codes[status] = number
+    if type(status) is str:  # kept, bounded: apps may invent reason phrases
+        remember(_status_codes, status, number, _STATUS_CODES_LIMIT)
     return number
 
 

@@ -25,6 +25,7 @@ forward traffic: a redirect or direct-response route answers without CORS header
 from __future__ import annotations
 
 from meshsdk.config.kinds.virtual_service import CorsPolicy
+from meshsdk.memo import remember
 from meshsdk.outcome import LocalReply
 from meshsdk.routing.match import StrPredicate, string_matcher
 from meshsdk.routing.request import RequestView
@@ -55,9 +56,7 @@ def _origin_matchers(policy: CorsPolicy) -> tuple[StrPredicate, ...]:
         for origin in policy.allow_origin:
             matchers.append(origin.__eq__)
     result = tuple(matchers)
-    if len(_origin_cache) >= _LIMIT:
-        _origin_cache.clear()
-    _origin_cache[id(policy)] = (policy, result)
+    remember(_origin_cache, id(policy), (policy, result), _LIMIT)
     return result
 
 

@@ -44,6 +44,7 @@ import re2
 
 from meshsdk.config.kinds.virtual_service import HTTPMatchRequest
 from meshsdk.config.types import StringMatch
+from meshsdk.memo import remember
 from meshsdk.routing.request import RequestView
 
 StrPredicate = Callable[[str], bool]
@@ -406,9 +407,7 @@ def compile_match(m: HTTPMatchRequest) -> CompiledMatch:
     if entry is not None and entry[0] is m:
         return entry[1]
     cm = CompiledMatch(m)
-    if len(_compiled) >= _COMPILED_LIMIT:
-        _compiled.clear()
-    _compiled[id(m)] = (m, cm)
+    remember(_compiled, id(m), (m, cm), _COMPILED_LIMIT)
     return cm
 
 

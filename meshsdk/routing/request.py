@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from meshsdk.config.hosts import split_host_port
+from meshsdk.memo import remember
 from meshsdk.workload import Workload
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -92,7 +93,5 @@ def _port_of(authority: str, url_scheme: str) -> int | None:
     port = split_host_port(authority)[1]
     if port is None:
         port = _DEFAULT_PORTS.get(url_scheme.lower())
-    if len(_ports) >= _PORT_CACHE_LIMIT:
-        _ports.clear()
-    _ports[key] = port
+    remember(_ports, key, port, _PORT_CACHE_LIMIT)
     return port

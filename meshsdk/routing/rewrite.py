@@ -36,6 +36,7 @@ from meshsdk.config.kinds.virtual_service import (
     HTTPRedirect,
     HTTPRoute,
 )
+from meshsdk.memo import remember
 from meshsdk.routing.match import compile_regex, request_path, request_query
 from meshsdk.routing.request import RequestView
 
@@ -192,9 +193,7 @@ def regex_replace_all(pattern: str, substitution: str, text: str) -> str:
     sub = _substitutions.get(substitution)
     if sub is None:
         sub = _parse_substitution(substitution)
-        if len(_substitutions) >= _CACHE_LIMIT:
-            _substitutions.clear()
-        _substitutions[substitution] = sub
+        remember(_substitutions, substitution, sub, _CACHE_LIMIT)
     rx = compile_regex(pattern)
     if sub.max_group > rx.groups:
         return text
@@ -361,9 +360,7 @@ def _ops(ops: HeaderOperations) -> _CompiledOps:
     if entry is not None and entry[0] is ops:
         return entry[1]
     compiled = _compile_ops(ops)
-    if len(_compiled_ops) >= _CACHE_LIMIT:
-        _compiled_ops.clear()
-    _compiled_ops[id(ops)] = (ops, compiled)
+    remember(_compiled_ops, id(ops), (ops, compiled), _CACHE_LIMIT)
     return compiled
 
 
@@ -436,9 +433,7 @@ def _operations(decision: RouteDecision, target: Target, response: bool
         result = tuple(ops for ops in (d, r) if ops is not None)
     else:
         result = _merged_single(r, d)
-    if len(_op_lists) >= _CACHE_LIMIT:
-        _op_lists.clear()
-    _op_lists[key] = (route, target.headers, result)
+    remember(_op_lists, key, (route, target.headers, result), _CACHE_LIMIT)
     return list(result)
 
 

@@ -34,6 +34,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TraceState
 from meshsdk.config.hosts import join_host_port, kube_service_parts, split_host_port
 from meshsdk.config.mesh import MeshConfig
 from meshsdk.config.resource import Config
+from meshsdk.memo import remember
 from meshsdk.outcome import format_flags, response_code_details
 from meshsdk.randomness import fresh_random
 from meshsdk.routing.router import BLACKHOLE_ROUTE
@@ -103,6 +104,9 @@ _handling: contextvars.ContextVar[Handling | None] = contextvars.ContextVar(
 """The inbound request being handled in this context: one variable for the request id
 outbound calls reuse and for the inbound handler's ``current_request()`` (each variable
 set costs a little on every request, before the app runs)."""
+
+_MEMO_LIMIT = 4096
+"""Entries in each of a Telemetry's per-value tables (targets, endpoints' peers)."""
 
 _TRACE_OR_ID = TRACE_HEADERS | {REQUEST_ID}
 """The inbound request headers read before the app runs."""
@@ -410,10 +414,9 @@ class Telemetry:
             size += len(REQUEST_ID) + len(request_id)
         target = self._targets.get((authority, scheme))
         if target is None:
-            if len(self._targets) > 4096:
-                self._targets.clear()
-            target = self._targets[(authority, scheme)] = (
-                _span_name(authority, scheme), _with_port(authority, scheme))
+            target = remember(self._targets, (authority, scheme),
+                              (_span_name(authority, scheme), _with_port(authority, scheme)),
+                              _MEMO_LIMIT)
         span: Span | None = None
         ids: tuple[str, str] | None = None
         if side.tracing and (side.propagate or side.report_spans):
@@ -542,12 +545,10 @@ class Telemetry:
         key = (authority, scheme)
         target = self._inbound_targets.get(key)
         if target is None:
-            if len(self._inbound_targets) > 4096:
-                self._inbound_targets.clear()
             host, port = split_host_port(authority)
-            target = self._inbound_targets[key] = _InboundTarget(
+            target = remember(self._inbound_targets, key, _InboundTarget(
                 host, _span_name(authority, scheme), self._service_of_host(host),
-                f"inbound|{port or ''}||")
+                f"inbound|{port or ''}||"), _MEMO_LIMIT)
         return target
 
     # -- shared ---------------------------------------------------------------------
@@ -571,15 +572,13 @@ class Telemetry:
         key = (endpoint.address, endpoint.port, endpoint.source, mtls)
         peer = self._endpoints.get(key)
         if peer is None:
-            if len(self._endpoints) > 4096:
-                self._endpoints.clear()
             peer = Peer.of_endpoint(endpoint, self.cluster_id)
             if mtls and endpoint.service_account:  # in the namespace that declared it
                 namespace = endpoint.source.partition(" ")[2].partition("/")[0]
                 if namespace:
                     peer = replace(peer, principal=self._spiffe(namespace,
                                                                 endpoint.service_account))
-            self._endpoints[key] = peer
+            remember(self._endpoints, key, peer, _MEMO_LIMIT)
         return peer
 
     def _service(self, result: CallResult, authority: str) -> Service:

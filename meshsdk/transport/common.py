@@ -29,6 +29,7 @@ except ImportError:  # pragma: no cover
     _DIRECT = False
 
 from meshsdk.dataplane.flow import Attempt, AttemptResult, CallResult
+from meshsdk.memo import remember
 from meshsdk.outcome import Failure, Flag, LocalReply, Outcome, format_flags
 
 if TYPE_CHECKING:
@@ -114,9 +115,7 @@ def _url(text: str) -> httpx.URL:
     url = _urls.get(text)
     if url is None:
         url = httpx.URL(text)
-        if len(_urls) >= _URL_CACHE_LIMIT:
-            _urls.clear()
-        _urls[text] = url
+        remember(_urls, text, url, _URL_CACHE_LIMIT)
     return url
 
 
@@ -210,9 +209,7 @@ def _core_url(text: str) -> httpcore.URL:
         u = httpx.URL(text)
         url = httpcore.URL(scheme=u.raw_scheme, host=u.raw_host, port=u.port,
                            target=u.raw_path)
-        if len(_core_urls) >= _URL_CACHE_LIMIT:
-            _core_urls.clear()
-        _core_urls[text] = url
+        remember(_core_urls, text, url, _URL_CACHE_LIMIT)
     return url
 
 
