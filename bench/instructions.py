@@ -2,6 +2,7 @@
 
     python bench/instructions.py                    # bare httpx, mesh, mesh + telemetry
     python bench/instructions.py --calls 400 --variants bare,mesh
+    python bench/instructions.py --variants bare,mesh --cache   # plus simulated L1 misses
 
 Why: the latency benchmarks (``sdk_overhead.py``) cannot resolve a 10% target on a
 shared two-core machine (the same code measured 1.06 - 1.34x in one day). An
@@ -38,6 +39,14 @@ plainly wrong (what follows the clock: retry-budget windows and outlier-detectio
 intervals roll with time, and valgrind runs slowly). Compare variants from one run, or
 differences well above 10,000; rerun anything surprising on a quiet machine. Needs valgrind
 (Debian's ``valgrind``); one and a half to two minutes per variant. Not a test.
+
+``--cache`` adds callgrind's cache simulation: first-level instruction (``I1``) and
+data (``D1``, reads plus writes) misses per call, for the cache sizes valgrind reads
+from this CPU. Why: the mesh's instructions take about three times as long each as
+bare httpx's (see ``cache_pressure.py``), and these misses are where the difference
+goes; a change that cuts instructions but touches more code or more objects can come
+out slower. A simulation, not the CPU's own counters (this virtual machine exposes
+none); compare variants from one run.
 """
 
 from __future__ import annotations
@@ -149,10 +158,23 @@ def run_calls(variant: str, calls: int) -> None:
     os._exit(0)  # no interpreter teardown in the count
 
 
-def instructions(valgrind: str, variant: str, calls: int, workdir: Path) -> int:
-    env = {**os.environ, "PYTHONMALLOC": "malloc", "PYTHONHASHSEED": "0"}
-    return callgrind.total(valgrind, [__file__, "--run", variant, "--calls", str(calls)], env,
-                           workdir / f"callgrind.{variant}.{calls}", variant)
+def instructions(valgrind: str, variant: str, calls: int, workdir: Path,
+                 cache: bool = False) -> dict[str, int]:
+    """Event totals of one run: ``Ir`` and, with ``cache``, the simulated misses.
+    Counting alone uses the C library's allocator (``PYTHONMALLOC=malloc``), as every
+    count in docs/performance.md did; the cache simulation keeps Python's own, whose
+    reuse of freed blocks is what a real process's caches see."""
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    if not cache:
+        env["PYTHONMALLOC"] = "malloc"
+    return callgrind.totals(valgrind, [__file__, "--run", variant, "--calls", str(calls)],
+                            env, workdir / f"callgrind.{variant}.{calls}", variant,
+                            ["--cache-sim=yes"] if cache else ())
+
+
+def l1_misses(events: dict[str, int]) -> tuple[int, int]:
+    """(instruction, data) first-level cache misses among ``events``."""
+    return events.get("I1mr", 0), events.get("D1mr", 0) + events.get("D1mw", 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -161,6 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="measured calls per variant (default 200)")
     parser.add_argument("--variants", default=",".join(VARIANTS),
                         help=f"comma-separated, from {', '.join(VARIANTS)}")
+    parser.add_argument("--cache", action="store_true",
+                        help="also simulate the caches: first-level instruction and data "
+                             "misses per call (slower, about twice as long)")
     parser.add_argument("--run", choices=VARIANTS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.run:
@@ -176,20 +201,30 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     per_call: dict[str, float] = {}
+    misses: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory(prefix="meshsdk-ir-") as tmp:
         for variant in variants:
-            base = instructions(valgrind, variant, BASE_CALLS, Path(tmp))
-            more = instructions(valgrind, variant, BASE_CALLS + args.calls, Path(tmp))
-            per_call[variant] = (more - base) / args.calls
+            base = instructions(valgrind, variant, BASE_CALLS, Path(tmp), args.cache)
+            more = instructions(valgrind, variant, BASE_CALLS + args.calls, Path(tmp),
+                                args.cache)
+            per_call[variant] = (more["Ir"] - base["Ir"]) / args.calls
+            (i0, d0), (i1, d1) = l1_misses(base), l1_misses(more)
+            misses[variant] = ((i1 - i0) / args.calls, (d1 - d0) / args.calls)
     print(f"instructions per outbound call (callgrind; {args.calls} calls, pool answering "
           f"from memory), Python {sys.version.split()[0]}")
     bare = per_call.get("bare")
-    print(f"{'variant':<10} {'instructions':>13} {'vs bare':>8} {'added':>10}")
+    header = f"{'variant':<10} {'instructions':>13} {'vs bare':>8} {'added':>10}"
+    if args.cache:
+        header += f" {'I1 misses':>10} {'D1 misses':>10}"
+    print(header)
     for variant, count in per_call.items():
-        compared = bare and variant != "tel-only"
-        ratio = f"{count / bare:.2f}x" if compared else "-"
-        added = f"{count - bare:+,.0f}" if compared else "-"
-        print(f"{variant:<10} {count:>13,.0f} {ratio:>8} {added:>10}")
+        ratio = added = "-"
+        if bare and variant != "tel-only":
+            ratio, added = f"{count / bare:.2f}x", f"{count - bare:+,.0f}"
+        line = f"{variant:<10} {count:>13,.0f} {ratio:>8} {added:>10}"
+        if args.cache:
+            line += f" {misses[variant][0]:>10,.0f} {misses[variant][1]:>10,.0f}"
+        print(line)
     return 0
 
 
