@@ -28,6 +28,7 @@ from meshsdk.config.mesh import MeshConfig
 from meshsdk.config.snapshot import ClientView, Endpoint, Service, Snapshot
 from meshsdk.dataplane.clusters import Cluster, ClusterRegistry
 from meshsdk.deadline import ENVOY_TIMEOUT_HEADER, GRPC_TIMEOUT_HEADER, format_grpc_timeout
+from meshsdk.memo import remember
 from meshsdk.outcome import (
     CONNECT_FAILURE,
     FAULT_ABORT,
@@ -409,14 +410,26 @@ def _forward_headers(req: RequestView) -> list[tuple[str, str]]:
     return [item for item in req.headers.items() if item[0] not in _DROP]
 
 
+_TIMEOUT_MEMO_LIMIT = 256
+_TIMEOUT_HEADERS: dict[float, tuple[str, str]] = {}
+"""``x-envoy-expected-rq-timeout-ms`` by per-try limit in seconds."""
+
+
 def _attempt_headers(request_ops: tuple[HeaderOperations, ...],
                      base: list[tuple[str, str]], per_try: float | None,
                      grpc: bool) -> tuple[tuple[str, str], ...]:
     headers = base
     for ops in request_ops:
         headers = apply_header_operations(headers, ops)
-    if per_try is not None and not math.isinf(per_try):
-        timeout = (ENVOY_TIMEOUT_HEADER, str(max(int(per_try * 1000), 1)))
+    # the header's text once per distinct per-try limit: a configured perTryTimeout
+    # repeats on every call, and formatting it touched four C routines per call
+    if per_try is not None:
+        timeout = _TIMEOUT_HEADERS.get(per_try)
+        if timeout is None:
+            if math.isinf(per_try):  # no limit to tell
+                return tuple(headers)
+            timeout = (ENVOY_TIMEOUT_HEADER, str(max(int(per_try * 1000), 1)))
+            remember(_TIMEOUT_HEADERS, per_try, timeout, _TIMEOUT_MEMO_LIMIT)
         if not grpc:
             return (*headers, timeout)
         headers = [(k, v) for k, v in (*headers, timeout) if k != GRPC_TIMEOUT_HEADER]

@@ -69,6 +69,33 @@ spec:
     assert 0 < tight <= 250
 
 
+def test_a_per_try_timeout_is_told_exactly_on_every_call_and_as_grpc_timeout() -> None:
+    # the header text is kept per limit: repeated calls, and a gRPC call on the same
+    # limit, must each still see their own protocol's header with the right value
+    vs = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - timeout: 10s
+    retries: {attempts: 1, perTryTimeout: 1.5s}
+    route: [{destination: {host: reviews}}]
+"""
+    with Upstream("r", echo) as up, _mesh(up, vs).client() as client:
+        seen = [_timeout_seen(client.get(URL).content) for _ in range(3)]
+        grpc = json.loads(client.post(
+            URL, content=b"\x00\x00\x00\x00\x00",
+            headers={"content-type": "application/grpc", "te": "trailers"}).content)["headers"]
+        with deadline_scope(0.25):  # the inbound deadline is tighter: its own value
+            tight = _timeout_seen(client.get(URL).content)
+    assert seen == [1500, 1500, 1500]
+    assert grpc["x-envoy-expected-rq-timeout-ms"] == "1500"
+    assert parse_grpc_timeout(grpc["grpc-timeout"]) == 1.5
+    assert 0 < tight <= 250
+
+
 def test_an_expired_inbound_deadline_stops_a_hanging_call_with_504_ut() -> None:
     with (Upstream("r", script(Reply(hang=True))) as up, _mesh(up).client() as client,
           deadline_scope(0.2)):
