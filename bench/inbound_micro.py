@@ -8,6 +8,7 @@
                                                       # fastapi, django), plugin included
     python bench/inbound_micro.py --instructions --framework flask   # counted by valgrind
     python bench/inbound_micro.py --instructions --before-response --framework django
+    python bench/inbound_micro.py --phases --framework django   # before vs after the response
 
 Calls :class:`~meshsdk.inbound.wsgi.MeshWSGIMiddleware` and
 :class:`~meshsdk.inbound.asgi.MeshASGIMiddleware` around a trivial app with a fake
@@ -61,6 +62,7 @@ import os
 import pstats
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -217,6 +219,54 @@ def per_call(loop: Callable[[Any, int], None], app: Any, n: int, rounds: int = 5
     return best
 
 
+def phase_times(app: Any, path: str, n: int) -> tuple[float, float]:
+    """Wall microseconds per request (``n`` of them) before the response (the app call
+    and its body: what a WSGI server does before it has written the response) and
+    after it (``close()``, where Django fires its request-finished signal and the
+    mesh records the request)."""
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        return None
+
+    before = after = 0
+    clock = time.perf_counter_ns
+    for _ in range(n):
+        env = environ(path)
+        t0 = clock()
+        body = app(env, start_response)
+        for _chunk in body:
+            pass
+        t1 = clock()
+        body.close()
+        t2 = clock()
+        before += t1 - t0
+        after += t2 - t1
+    return before / n / 1000, after / n / 1000
+
+
+def phases(name: str, calls: int, rounds: int = 15) -> int:
+    """The ``--phases`` run: where each request's time falls, bare and meshed, the two
+    interleaved over ``rounds`` (medians). Why: behind gunicorn's gthread worker the
+    work after the response is not free (the connection waits for ``close()``), and
+    Django does far more of its own there than Flask (see docs/performance.md)."""
+    with tempfile.TemporaryDirectory(prefix="mesh-micro-") as tmp:
+        (Path(tmp) / "policy.yaml").write_text(overhead.MESH_YAML, encoding="utf-8")
+        app = {"flask": overhead.flask_app, "django": overhead.django_app}[name](tmp)
+        paths = ("/bare/hello", "/mesh/hello")
+        for path in paths:
+            phase_times(app, path, 500)
+        seen: dict[str, list[tuple[float, float]]] = {path: [] for path in paths}
+        for _ in range(rounds):
+            for path in paths:
+                seen[path].append(phase_times(app, path, calls))
+    print(f"in-process {name} hello world, wall microseconds per request before the "
+          f"response and in close(), medians of {rounds} rounds x {calls}")
+    print(f"{'path':<12} {'before':>8} {'after':>8}")
+    for path, runs in seen.items():
+        print(f"{path:<12} {statistics.median(r[0] for r in runs):>8.1f} "
+              f"{statistics.median(r[1] for r in runs):>8.1f}")
+    return 0
+
+
 def frameworks(name: str, calls: int, profile: bool) -> int:
     """The ``--framework`` run: middleware_overhead's app in process, bare vs mesh."""
     with tempfile.TemporaryDirectory(prefix="mesh-micro-") as tmp:
@@ -340,6 +390,9 @@ def main() -> int:
     parser.add_argument("--traces", choices=("sdk", "api"), default="sdk")
     parser.add_argument("--framework", choices=("core", "flask", "fastapi", "django"),
                         default="core")
+    parser.add_argument("--phases", action="store_true",
+                        help="with --framework flask or django: time before the response "
+                             "and in close(), bare and meshed")
     args = parser.parse_args()
     if args.run_loop:
         framework, path, calls = args.run_loop
@@ -350,6 +403,10 @@ def main() -> int:
     os.environ["MESH_BENCH_TELEMETRY"] = args.telemetry
     if args.instructions:
         return count_instructions(args.framework, args.calls or 1000, args.before_response)
+    if args.phases:
+        if args.framework not in ("flask", "django"):
+            parser.error("--phases times the WSGI frameworks: --framework flask or django")
+        return phases(args.framework, args.calls or 1000)
     args.calls = args.calls or 5000
     if args.framework != "core":
         return frameworks(args.framework, args.calls, args.profile is not None)
