@@ -48,10 +48,11 @@ class ConnectionLimits:
         self._in_flight = 0
         self._retries = 0
         self._default_connect_timeout = default_connect_timeout
-        self.max_connections = UNLIMITED
-        self.max_pending_requests = UNLIMITED
-        self.max_requests = UNLIMITED
-        self.max_retries = UNLIMITED
+        # the limits are set only through update(), which derives _admit from them
+        self._max_connections = UNLIMITED
+        self._max_pending_requests = UNLIMITED
+        self._max_requests = UNLIMITED
+        self._max_retries = UNLIMITED
         self.connect_timeout = default_connect_timeout
         self.idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
         self.max_requests_per_connection: int | None = None
@@ -63,18 +64,39 @@ class ConnectionLimits:
         tcp = settings.tcp if settings is not None else None
         http = settings.http if settings is not None else None
         with self._lock:
-            self.max_connections = _limit(tcp.max_connections if tcp else None)
-            self.max_pending_requests = _limit(http.http1_max_pending_requests if http else None)
-            self.max_requests = _limit(http.http2_max_requests if http else None)
-            self.max_retries = _limit(http.max_retries if http else None)
+            self._max_connections = _limit(tcp.max_connections if tcp else None)
+            self._max_pending_requests = _limit(http.http1_max_pending_requests
+                                                if http else None)
+            self._max_requests = _limit(http.http2_max_requests if http else None)
+            self._max_retries = _limit(http.max_retries if http else None)
             self.connect_timeout = (tcp.connect_timeout if tcp and tcp.connect_timeout
                                     else self._default_connect_timeout)
             idle = http.idle_timeout if http else None
             self.idle_timeout = DEFAULT_IDLE_TIMEOUT if idle is None else (idle or None)
             per_conn = http.max_requests_per_connection if http else None
             self.max_requests_per_connection = per_conn if per_conn else None
-            self._admit = min(self.max_connections + self.max_pending_requests,
-                              self.max_requests)  # try_acquire's one comparison
+            self._admit = min(self._max_connections + self._max_pending_requests,
+                              self._max_requests)  # try_acquire's one comparison
+
+    @property
+    def max_connections(self) -> int:
+        """``tcp.maxConnections`` (:data:`UNLIMITED` when unset)."""
+        return self._max_connections
+
+    @property
+    def max_pending_requests(self) -> int:
+        """``http.http1MaxPendingRequests`` (:data:`UNLIMITED` when unset)."""
+        return self._max_pending_requests
+
+    @property
+    def max_requests(self) -> int:
+        """``http.http2MaxRequests`` (:data:`UNLIMITED` when unset)."""
+        return self._max_requests
+
+    @property
+    def max_retries(self) -> int:
+        """``http.maxRetries`` (:data:`UNLIMITED` when unset)."""
+        return self._max_retries
 
     @property
     def max_in_flight(self) -> int:
@@ -106,7 +128,7 @@ class ConnectionLimits:
     def try_acquire_retry(self) -> bool:
         """Admit one retry under ``maxRetries`` concurrent retries; refusal = no retry."""
         with self._lock:
-            if self._retries >= self.max_retries:
+            if self._retries >= self._max_retries:
                 return False
             self._retries += 1
             return True
@@ -131,4 +153,4 @@ class ConnectionLimits:
     def pending(self) -> int:
         """Of the requests in flight, how many an HTTP/1.1 pool would hold waiting for a
         connection (beyond ``maxConnections``)."""
-        return max(0, self._in_flight - self.max_connections)
+        return max(0, self._in_flight - self._max_connections)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
+
 from meshsdk.config.kinds.destination_rule import ConnectionPoolSettings
 from meshsdk.resilience.limits import UNLIMITED, ConnectionLimits
 
@@ -134,3 +136,15 @@ def test_admission_is_exact_under_threads() -> None:
         t.join()
     assert lim.in_flight == 0
     assert peak <= 5
+
+
+def test_limits_change_only_through_update_which_keeps_admission_in_step() -> None:
+    # admission compares against a value derived from the limits: a limit assigned
+    # directly would leave it stale, so the limits are read-only
+    lim = limits({"http": {"http2MaxRequests": 1}})
+    with pytest.raises(AttributeError):
+        lim.max_requests = 5  # type: ignore[misc]
+    assert admit(lim, 2) == [True, False]
+    lim.update(ConnectionPoolSettings.model_validate({"http": {"http2MaxRequests": 3}}))
+    assert (lim.max_requests, lim.max_in_flight) == (3, 3)
+    assert admit(lim, 3) == [True, True, False]  # one already in flight, still counted
