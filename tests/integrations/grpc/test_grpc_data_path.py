@@ -194,7 +194,9 @@ def test_route_timeout_is_deadline_exceeded(env: Callable[..., Env]) -> None:
     assert err.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     assert err.info.response_flags == "UT"
     got = float(e.ups["v1"].requests[0].headers["x-time-remaining"])
-    assert 0 < got <= 0.2  # the route's 200 ms, not the caller's 30 s, reached the server
+    # the route's 200 ms, not the caller's 30 s, reached the server; plus the millisecond
+    # gRPC's core may round grpc-timeout up by (a fresh-clone run saw 0.201, as below)
+    assert 0 < got <= 0.201
 
 
 def test_caller_deadline_wins_when_smaller(env: Callable[..., Env]) -> None:
