@@ -14,6 +14,7 @@ from meshsdk import Mesh, Workload, current_deadline, deadline_scope
 from meshsdk.deadline import format_grpc_timeout, parse_grpc_timeout, timeout_from_headers
 from meshsdk.testing.builders import config_from_yaml, service_entry
 from meshsdk.testing.upstream import Reply, Upstream, echo, script
+from tests.dataplane.harness import vs
 
 CLIENT = Workload("productpage", "default", {"app": "productpage"})
 URL = "http://reviews:9080/d"
@@ -51,17 +52,7 @@ def test_the_tighter_of_nested_deadlines_wins() -> None:
 
 
 def test_route_timeout_and_inbound_deadline_take_the_smaller() -> None:
-    vs = """
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews}
-spec:
-  hosts: [reviews]
-  http:
-  - timeout: 2s
-    route: [{destination: {host: reviews}}]
-"""
-    with Upstream("r", echo) as up, _mesh(up, vs).client() as client:
+    with Upstream("r", echo) as up, _mesh(up, vs("    timeout: 2s")).client() as client:
         loose = _timeout_seen(client.get(URL).content)
         with deadline_scope(0.25):
             tight = _timeout_seen(client.get(URL).content)
@@ -72,18 +63,8 @@ spec:
 def test_a_per_try_timeout_is_told_exactly_on_every_call_and_as_grpc_timeout() -> None:
     # the header text is kept per limit: repeated calls, and a gRPC call on the same
     # limit, must each still see their own protocol's header with the right value
-    vs = """
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: reviews}
-spec:
-  hosts: [reviews]
-  http:
-  - timeout: 10s
-    retries: {attempts: 1, perTryTimeout: 1.5s}
-    route: [{destination: {host: reviews}}]
-"""
-    with Upstream("r", echo) as up, _mesh(up, vs).client() as client:
+    route = vs("    timeout: 10s\n    retries: {attempts: 1, perTryTimeout: 1.5s}")
+    with Upstream("r", echo) as up, _mesh(up, route).client() as client:
         seen = [_timeout_seen(client.get(URL).content) for _ in range(3)]
         grpc = json.loads(client.post(
             URL, content=b"\x00\x00\x00\x00\x00",
