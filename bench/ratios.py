@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 from collections.abc import Sequence
 
 
@@ -35,3 +36,24 @@ def ratio_interval(bare_blocks: Sequence[Sequence[int]], mesh_blocks: Sequence[S
         ratios.append(percentile(mesh, 50) / percentile(bare, 50))
     ratios.sort()
     return ratios[int(0.05 * rounds)], ratios[int(0.95 * rounds) - 1]
+
+
+def summarise_runs(results: Sequence[dict[str, tuple[float, float | None]]]) -> None:
+    """Print each comparison's p50 ratio in every run, how many runs met its target,
+    and the median over the runs. ``results`` holds one dict per run, label -> (ratio,
+    target or None for a noise floor). One run's ratio moves by a few hundredths here
+    between runs; the median of several is the steadier figure."""
+    width = max(10, *(len(label) for label in results[0]))
+    print(f"\nover {len(results)} runs (p50 ratio of each run):")
+    print(f"{'ratio':<{width}} {'median':>7} {'met':>6}  runs")
+    for label, (_, target) in results[0].items():
+        ratios = [r[label][0] for r in results]
+        middle = statistics.median(ratios)
+        runs = ", ".join(f"{x:.3f}" for x in ratios)
+        if target is None:
+            print(f"{label:<{width}} {middle:>6.3f}x {'-':>6}  {runs}")
+            continue
+        met = f"{sum(x <= target for x in ratios)}/{len(ratios)}"
+        verdict = "met" if middle <= target else "missed"
+        print(f"{label:<{width}} {middle:>6.3f}x {met:>6}  {runs}  "
+              f"(target {target:.2f}x: median {verdict})")

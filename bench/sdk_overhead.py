@@ -71,7 +71,6 @@ import platform
 import pstats
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -88,7 +87,7 @@ if str(REPO_ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.otel_noop import dropping_meter_provider, dropping_tracer_provider  # noqa: E402
-from bench.ratios import percentile, ratio_interval  # noqa: E402
+from bench.ratios import percentile, ratio_interval, summarise_runs  # noqa: E402
 from meshsdk.mesh import Mesh  # noqa: E402
 from meshsdk.security.ca import (  # noqa: E402
     MeshCA,
@@ -468,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if status == 2:
                     return status
             if args.runs > 1:
-                summarise(results)
+                summarise_runs(results)
             return status
         finally:
             stop(proc)
@@ -611,25 +610,6 @@ def report(variants: list[Variant], blocks: int, per_block: int, args: argparse.
               f"{m[0] - b[0]:>+8.1f} {m[3] - b[3]:>+8.1f}  {goal:<14} {verdict}".rstrip())
     if any(v.errors for v in variants):
         print("\nERRORS: some calls did not answer 200 ok; the numbers above are suspect.")
-
-
-def summarise(results: list[dict[str, tuple[float, float | None]]]) -> None:
-    """Each comparison's p50 ratio in every run, how many runs met its target, and the
-    median over the runs. One run's ratio moves by about +-0.02 here between runs; the
-    median of several is the steadier figure. The per-run verdicts above are unchanged."""
-    print(f"\nover {len(results)} runs (p50 ratio of each run):")
-    print(f"{'ratio':<10} {'median':>7} {'met':>6}  runs")
-    for label, (_, target) in results[0].items():
-        ratios = [r[label][0] for r in results]
-        middle = statistics.median(ratios)
-        runs = ", ".join(f"{x:.3f}" for x in ratios)
-        if target is None:
-            print(f"{label:<10} {middle:>6.3f}x {'-':>6}  {runs}")
-            continue
-        met = f"{sum(x <= target for x in ratios)}/{len(ratios)}"
-        verdict = "met" if middle <= target else "missed"
-        print(f"{label:<10} {middle:>6.3f}x {met:>6}  {runs}  "
-              f"(target {target:.2f}x: median {verdict})")
 
 
 if __name__ == "__main__":
