@@ -43,6 +43,11 @@ round's two ratios on their own.
 ``--telemetry off`` runs the meshed app without telemetry, to separate what the
 security checks cost from what recording costs.
 
+The client runs on the first CPU and each server process on the others
+(``bench/placement.py``): left to the scheduler, the two shared a CPU in some server
+processes and not in others, and Django's ratio moved 1.05 - 1.17x between runs of
+the same code; kept apart, 1.086 - 1.092x. ``--no-pin`` leaves them to the scheduler.
+
 ``--runs N`` repeats the whole measurement N times and ends with each framework's
 pooled ratio per run, how many runs met the target and the median (the controls'
 too): on this machine one run's Flask or Django ratio moved by several hundredths
@@ -73,6 +78,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout: bench.ratios and meshsdk importable
     sys.path.insert(0, str(ROOT))
 
+from bench.placement import pin_client, server_preexec, split_cpus  # noqa: E402
 from bench.ratios import percentile, ratio_interval, summarise_runs  # noqa: E402
 
 TARGET_P50_RATIO = 1.10
@@ -245,7 +251,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(framework: str, config_dir: str, log: Path, telemetry: str
+def start_server(framework: str, config_dir: str, log: Path, telemetry: str,
+                 split: tuple[set[int], set[int]] | None = None
                  ) -> tuple[subprocess.Popen[bytes], int] | None:
     """Start the server process and wait (bounded) until every variant answers."""
     port = free_port()
@@ -256,7 +263,8 @@ def start_server(framework: str, config_dir: str, log: Path, telemetry: str
         proc = subprocess.Popen([sys.executable, __file__, "--serve", framework,
                                  "--port", str(port), "--config", config_dir],
                                 stdout=out, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+                                start_new_session=True,
+                                preexec_fn=server_preexec(split))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and proc.poll() is None:
         try:
@@ -363,6 +371,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "none (what the security checks alone cost)")
     parser.add_argument("--strict", action="store_true",
                         help="exit 1 when a ratio misses the target (in any run)")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="leave client and servers to the scheduler (default: the "
+                             "client on the first CPU, the servers on the others)")
     parser.add_argument("--runs", type=int, default=1,
                         help="repeat the whole measurement N times (default 1) and end "
                              "with each framework's median ratio over the runs")
@@ -377,6 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--calls, --blocks and --rounds must be at least 1")
     if not 1 <= args.runs <= 20:
         parser.error("need 1 <= --runs <= 20")
+    args.split = None if args.no_pin else split_cpus()
+    args.placement = pin_client(args.split)
     frameworks = args.only or list(FRAMEWORKS)
     command = " ".join(["python", "bench/middleware_overhead.py",
                         *(argv if argv is not None else sys.argv[1:])])
@@ -410,7 +423,7 @@ def measure_all(frameworks: Sequence[str], args: argparse.Namespace
             errors = 0
             for _ in range(args.rounds):
                 log = Path(tmp) / f"{framework}.log"
-                started = start_server(framework, tmp, log, args.telemetry)
+                started = start_server(framework, tmp, log, args.telemetry, args.split)
                 if started is None:
                     print(f"{framework}: the server did not start:\n"
                           f"{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
@@ -432,7 +445,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> bool:
           f"process each) of {args.calls} sequential keep-alive GETs per variant in "
           f"{args.blocks} interleaved blocks, after {args.warmup} warm-up calls")
     print(f"  Python {platform.python_version()}, {versions()}, {os.cpu_count()} CPUs, "
-          f"{time.strftime('%Y-%m-%d')}")
+          f"{time.strftime('%Y-%m-%d')}; {args.placement}")
     print("  meshed: ALLOW policy checked, PERMISSIVE, " + (
         "metrics (Prometheus sink), 1% traces (OTel SDK)" if args.telemetry == "istio"
         else "telemetry off"))

@@ -50,6 +50,11 @@ the ratio itself against the target, interval or not. The p99 ratio stands besid
 because work taken off the median can land in the tail (the OTel drainer did: 6.8 ms
 p99 against 2.1 ms bare before it worked in slices).
 
+The client runs on the first CPU and nginx on the others (``bench/placement.py``:
+left to the scheduler, the two shared a CPU in some runs and not in others, and the
+sync ratio moved 1.08 - 1.11x between runs of the same code; kept apart, 1.089 -
+1.092x). ``--no-pin`` leaves them to the scheduler.
+
 ``--runs N`` repeats the whole measurement N times against the same nginx (fresh meshes
 and clients each time) and ends with every ratio of every run, how many met the target
 and their median: one run's sync ratio moved 1.09 - 1.11x within an hour on the same
@@ -87,6 +92,7 @@ if str(REPO_ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO_ROOT))
 
 from bench.otel_noop import dropping_meter_provider, dropping_tracer_provider  # noqa: E402
+from bench.placement import pin_client, server_preexec, split_cpus  # noqa: E402
 from bench.ratios import percentile, ratio_interval, summarise_runs  # noqa: E402
 from meshsdk.mesh import Mesh  # noqa: E402
 from meshsdk.security.ca import (  # noqa: E402
@@ -429,6 +435,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="repeat the whole measurement N times (fresh meshes and clients, "
                              "the same nginx) and end with each ratio's median over the runs")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="leave client and nginx to the scheduler (default: the client "
+                             "on the first CPU, nginx on the others; bench/placement.py)")
     args = parser.parse_args(argv)
     if args.blocks < 1 or args.calls < args.blocks or args.warmup < 0:
         parser.error("need --blocks >= 1, --calls >= --blocks and --warmup >= 0")
@@ -447,9 +456,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ca = write_mesh_credentials(prefix)
         conf = prefix / "nginx.conf"
         conf.write_text(nginx_conf(prefix, port, tls_port))
+        split = None if args.no_pin else split_cpus()
+        args.placement = pin_client(split)
         proc = subprocess.Popen([nginx, "-p", str(prefix), "-c", str(conf),
                                  "-e", str(prefix / "error.log")],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                preexec_fn=server_preexec(split))
         try:
             problem = wait_until_answering(proc, port)
             if problem is not None:
@@ -582,7 +594,7 @@ def report(variants: list[Variant], blocks: int, per_block: int, args: argparse.
           f"(interleaved, after {args.warmup} warm-up calls each)")
     print(f"  upstream {version} on 127.0.0.1, keep-alive; Python "
           f"{platform.python_version()}, httpx {httpx.__version__}, {os.cpu_count()} CPUs, "
-          f"{time.strftime('%Y-%m-%d')}")
+          f"{time.strftime('%Y-%m-%d')}; {getattr(args, 'placement', '')}")
     print("  mesh: split 80/20 over 2 subsets, header-match route, retries, timeout, "
           "LEAST_REQUEST, outlier detection; telemetry off unless marked +telemetry\n")
     print(f"{'variant':<22} {'p50 us':>8} {'p99 us':>8} {'mean us':>8} {'CPU us/call':>12}"
