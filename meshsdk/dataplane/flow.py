@@ -95,9 +95,6 @@ class Attempt:
 
     @property
     def url(self) -> str:
-        endpoint = self.endpoint
-        if endpoint is not None and endpoint.address is self.address and endpoint.port == self.port:
-            return f"{self.scheme}://{endpoint.authority}{self.path}"
         return f"{self.scheme}://{join_host_port(self.address, self.port)}{self.path}"
 
     def with_address(self, address: str) -> Attempt:
