@@ -140,13 +140,15 @@ async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"hello"})
 
 
+def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+    """A WSGI server's ``start_response`` that writes nothing (the loops' server)."""
+    return None
+
+
 def wsgi_loop(app: Any, n: int, path: str = "/mesh/hello", split: bool = False) -> None:
     """``n`` requests the way a WSGI server drives an app (iterate, then close).
     ``split``: the part before the response (the call and the first chunk) runs inside
     ``functools.reduce``, for ``--before-response`` to count alone."""
-    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
-        return None
-
     for _ in range(n):
         env = environ(path)
         if split:
@@ -224,9 +226,6 @@ def phase_times(app: Any, path: str, n: int) -> tuple[float, float]:
     and its body: what a WSGI server does before it has written the response) and
     after it (``close()``, where Django fires its request-finished signal and the
     mesh records the request)."""
-    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
-        return None
-
     before = after = 0
     clock = time.perf_counter_ns
     for _ in range(n):
