@@ -246,7 +246,7 @@ class MeshASGIMiddleware:
                 sent += len(message.get("body", b""))
             await send(message)
             if kind == "http.response.body" and not message.get("more_body", False):
-                request._finish(status, _decoded(raw_head), sent, received, "-", "HTTP/1.1")
+                request.finish_lowered(status, _decoded(raw_head), sent, received, "-", "HTTP/1.1")
 
         try:
             with request:
@@ -254,11 +254,11 @@ class MeshASGIMiddleware:
         except BaseException:
             # the server answers 500 when nothing was sent yet; a started response
             # is cut short (the client sees a reset)
-            request._finish(500 if status == 0 else status, _decoded(raw_head), sent,
+            request.finish_lowered(500 if status == 0 else status, _decoded(raw_head), sent,
                             received, "-" if status == 0 else "DC", "HTTP/1.1")
             raise
         if not request.finished:  # the app returned without finishing its response
-            request._finish(status, _decoded(raw_head), sent, received,
+            request.finish_lowered(status, _decoded(raw_head), sent, received,
                             "-" if status else "DC", "HTTP/1.1")
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -579,12 +579,16 @@ class InboundRequest:
         no response was sent (the client went away)."""
         if self.finished:
             return
-        self._finish(status, [(k.lower(), v) for k, v in response_headers], bytes_sent,
-                     bytes_received, flags, protocol)
+        self.finish_lowered(status, [(k.lower(), v) for k, v in response_headers], bytes_sent,
+                            bytes_received, flags, protocol)
 
-    def _finish(self, status: int, response_headers: list[tuple[str, str]], bytes_sent: int,
-                bytes_received: int | None, flags: str | None, protocol: str) -> None:
-        """:meth:`finish` with the response header names already in lower case."""
+    def finish_lowered(self, status: int, response_headers: list[tuple[str, str]],
+                       bytes_sent: int, bytes_received: int | None, flags: str | None,
+                       protocol: str) -> None:
+        """:meth:`finish` for drivers whose response header names are in lower case
+        already, every argument positional: the ASGI driver and the Django plugin call
+        it after every response, where the keyword binding and the second lower-casing
+        were a measurable share of the recording."""
         if self.finished:
             return
         self.finished = True

@@ -166,7 +166,7 @@ class _Recorder:
         response = self.response
         # a whole body is measured now, after the response, rather than before it
         sent = self.sent if response.streaming else len(response.content)
-        self.inbound._finish(response.status_code, response_headers(response), sent,
+        self.inbound.finish_lowered(response.status_code, response_headers(response), sent,
                              None, None, "HTTP/1.1")
 
 
