@@ -513,20 +513,18 @@ class InboundRequest:
     def _record(self, status: int, response_headers: Sequence[tuple[str, str]],
                 bytes_sent: int, bytes_received: int | None, flags: str, protocol: str
                 ) -> None:
-        """Build the request's InboundCall (after the response: nothing before it
-        needs one) and record it."""
+        """Record the request (after the response: nothing before it needs its record)."""
         begun, telemetry = self._begun, self.handler.mesh.telemetry
         if begun is None or telemetry is None:
             return
         peer = self.peer
-        call = telemetry._inbound_call(
+        telemetry._record_inbound(
             begun, self.method, self._scheme, self.authority, self.path, self.headers,
-            _source_of(peer), None,
+            _source_of(peer),
             None if self.remote_ip is None else (self.remote_ip, self._remote_port),
             None if self.local_ip is None else (self.local_ip, self._local_port),
-            self.server_name, "mutual_tls" if peer is not None else "none")
-        call.finish(status, bytes_sent=bytes_sent, bytes_received=bytes_received,
-                    response_headers=response_headers, flags=flags, protocol=protocol)
+            self.server_name, "mutual_tls" if peer is not None else "none", status,
+            response_headers, bytes_sent, bytes_received, flags, protocol)
 
     @property
     def principal(self) -> str | None:
