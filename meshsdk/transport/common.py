@@ -67,11 +67,26 @@ def header_items(headers: httpx.Headers) -> list[tuple[str, str]]:
     """``headers.multi_items()``: lower-case names and values, decoded with the block's
     encoding. Reads httpx's private ``_list`` of (raw name, lower name, value) to look
     the encoding up once rather than twice per header (its property call was a tenth
-    of the request intake); falls back to the public method if that changes."""
-    encoding = headers.encoding
+    of the request intake); falls back to the public method if that changes.
+
+    A block whose encoding is not known yet (a request's, built for this call) is
+    decoded as ASCII straight away, and when every byte is ASCII that is what httpx's
+    own check would find: the result is kept on the block, as that check keeps it, so
+    httpx's later reads (its cookie handling reads every request header) do not walk
+    the block to find it again."""
     pairs = getattr(headers, "_list", None)
-    if not isinstance(pairs, list):  # pragma: no cover - another httpx
+    if not _HEADERS_LIST or not isinstance(pairs, list):  # pragma: no cover - another httpx
         return headers.multi_items()
+    if headers._encoding is None:
+        try:
+            items = [(lower.decode("ascii"), value.decode("ascii"))
+                     for _, lower, value in pairs]
+        except UnicodeDecodeError:
+            pass  # httpx's own check picks utf-8 or latin-1
+        else:
+            headers._encoding = "ascii"
+            return items
+    encoding = headers.encoding
     return [(lower.decode(encoding), value.decode(encoding)) for _, lower, value in pairs]
 
 

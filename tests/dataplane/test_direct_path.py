@@ -214,6 +214,11 @@ def test_header_items_is_multi_items() -> None:
                 [(b"X-Name", "José".encode())], [(b"X-Name", "Zoë".encode("latin-1"))]):
         headers = httpx.Headers(raw)
         assert header_items(headers) == headers.multi_items()
+        # on a block whose encoding nobody has looked up yet: the same pairs, and the
+        # encoding it leaves on the block is the one httpx's own check finds
+        fresh = httpx.Headers(raw)
+        assert header_items(fresh) == headers.multi_items()
+        assert fresh.encoding == httpx.Headers(raw).encoding
 
 
 def test_a_closed_body_lets_go_of_the_upstream_response() -> None:
