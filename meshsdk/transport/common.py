@@ -140,8 +140,9 @@ _NO_LIMITS = {"connect": None, "read": None, "write": None, "pool": None}
 
 
 def _target(attempt: Attempt, request: httpx.Request, address: str | None
-            ) -> tuple[str, dict[str, Any]]:
-    """The URL text and request extensions (timeouts, TLS server name) of one attempt."""
+            ) -> tuple[Attempt, dict[str, Any]]:
+    """The attempt aimed at the address it is sent to, and its request extensions
+    (timeouts, TLS server name)."""
     t = attempt.timeout
     given = request.extensions.get("timeout")
     if given and given != _NO_LIMITS:  # each part the caller gave caps ours
@@ -160,14 +161,14 @@ def _target(attempt: Attempt, request: httpx.Request, address: str | None
     else:
         timeout = {"connect": attempt.connect_timeout, "read": t, "write": t, "pool": t}
     extensions: dict[str, Any] = {"timeout": timeout}
-    url = attempt.url
+    aimed = attempt
     if address is not None and address != attempt.address:
-        url = attempt.with_address(address).url
+        aimed = attempt.with_address(address)
         extensions["sni_hostname"] = attempt.address
     tls = attempt.tls
     if tls is not None and tls.sni:  # mesh TLS: the SNI (and the name checked) is the plan's
         extensions["sni_hostname"] = tls.sni
-    return url, extensions
+    return aimed, extensions
 
 
 def upstream_request(attempt: Attempt, request: httpx.Request,
@@ -178,10 +179,10 @@ def upstream_request(attempt: Attempt, request: httpx.Request,
     stays the TLS server name. A timeout the caller gave httpx (``timeout=``) still
     applies: each of its parts caps the attempt's own.
     """
-    url, extensions = _target(attempt, request, address)
+    aimed, extensions = _target(attempt, request, address)
     headers = head_bytes(attempt.authority, attempt.headers, request.headers.encoding)
-    return httpx.Request(request.method, _url(url), headers=headers, stream=request.stream,
-                         extensions=extensions)
+    return httpx.Request(request.method, _url(aimed.url), headers=headers,
+                         stream=request.stream, extensions=extensions)
 
 
 def head_bytes(authority: str, pairs: Iterable[tuple[str, str]], encoding: str
@@ -213,18 +214,21 @@ def _encoded(text: str, encoding: str) -> bytes:
 # --- the direct path: httpx's own default transport, its httpcore pool called directly ---
 
 
-_core_urls: dict[str, httpcore.URL] = {}
+_core_urls: dict[tuple[str, str, int, str], httpcore.URL] = {}
 
 
-def _core_url(text: str) -> httpcore.URL:
-    """The ``httpcore.URL`` ``httpx.HTTPTransport`` would build from ``httpx.URL(text)``,
-    once per distinct URL (httpcore only reads it); bounded like :func:`_url`."""
-    url = _core_urls.get(text)
+def _core_url(attempt: Attempt) -> httpcore.URL:
+    """The ``httpcore.URL`` ``httpx.HTTPTransport`` would build from the attempt's URL,
+    once per distinct (scheme, address, port, path) (httpcore only reads it); bounded
+    like :func:`_url`. Keyed by the parts, not the URL's text: writing that text out
+    on every call was a tenth of what the mesh adds to the sending of an attempt."""
+    key = (attempt.scheme, attempt.address, attempt.port, attempt.path)
+    url = _core_urls.get(key)
     if url is None:
-        u = httpx.URL(text)
+        u = httpx.URL(attempt.url)
         url = httpcore.URL(scheme=u.raw_scheme, host=u.raw_host, port=u.port,
                            target=u.raw_path)
-        remember(_core_urls, text, url, _URL_CACHE_LIMIT)
+        remember(_core_urls, key, url, _URL_CACHE_LIMIT)
     return url
 
 
@@ -263,9 +267,9 @@ def core_request(attempt: Attempt, request: httpx.Request,
     """:func:`upstream_request` as the ``httpcore.Request`` ``httpx.HTTPTransport`` would
     make of it: same URL, head bytes (:func:`head_bytes`), body stream and extensions,
     without the intermediate ``httpx.Request``."""
-    url, extensions = _target(attempt, request, address)
+    aimed, extensions = _target(attempt, request, address)
     headers = head_bytes(attempt.authority, attempt.headers, request.headers.encoding)
-    return _CoreRequest(request.method.encode("ascii"), _core_url(url), headers,
+    return _CoreRequest(request.method.encode("ascii"), _core_url(aimed), headers,
                         request.stream, extensions)
 
 
