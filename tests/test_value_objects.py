@@ -31,6 +31,12 @@ def test_request_view_build_normalises_as_the_constructor_expects() -> None:
     fast = RequestView.build("GET", "http", "[::1]", "/", "", [("x-a", "1"), ("x-a", "2")],
                              lowered=True)
     assert dict(fast.headers) == {"x-a": "1,2"} and fast.port == 80
+    grpc = RequestView.of("POST", "https", "svc", "/pkg.S/M", "",
+                          {"content-type": "application/grpc+proto"}, source)
+    assert _values(grpc) == _values(RequestView(
+        method="POST", scheme="https", authority="svc", path="/pkg.S/M", query="",
+        headers={"content-type": "application/grpc+proto"}, port=443, source=source,
+        grpc=True))
 
 
 def test_call_info_summarises_the_verdict() -> None:
