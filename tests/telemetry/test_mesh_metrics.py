@@ -712,3 +712,19 @@ def test_inbound_call_without_a_known_source(tel: Telemetry, metrics: Metrics) -
     assert {k: attributes[k] for k in SERVER} == SERVER
     assert attributes["connection_security_policy"] == "none"
     assert (attributes["request_protocol"], attributes["grpc_response_status"]) == ("grpc", "7")
+
+
+def test_inbound_grpc_status_and_size_come_from_one_walk_of_the_response_head(
+        tel: Telemetry, metrics: Metrics) -> None:
+    """The first numeric ``grpc-status`` labels the request; the head's bytes (pseudo
+    headers aside) count toward ``istio_response_bytes``."""
+    call = tel.inbound("POST", "http", "productpage.default.svc.cluster.local", "/pkg.S/M",
+                       [("content-type", "application/grpc")])
+    head = [(":status", "200"), ("content-type", "application/grpc"), ("grpc-status", "x"),
+            ("grpc-status", "14"), ("grpc-status", "0")]
+    call.finish(200, bytes_sent=5, response_headers=head)
+    ((attributes, _),) = metrics.requests()
+    assert attributes["grpc_response_status"] == "14"
+    (response_bytes,) = metrics.histogram(RESPONSE_BYTES)
+    assert response_bytes.sum == (5 + len(":status") + 3
+                                  + sum(len(k) + len(v) for k, v in head[1:]))
