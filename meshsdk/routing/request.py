@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 from types import MappingProxyType
 
 from meshsdk.config.hosts import split_host_port
@@ -94,7 +93,6 @@ class RequestView:
 
 _PORT_CACHE_LIMIT = 1024
 _ports: dict[tuple[str, str], int | None] = {}
-_UNKNOWN: Any = object()  # not in _ports (a port may be None)
 
 
 def _port_of(authority: str, url_scheme: str) -> int | None:
@@ -102,9 +100,9 @@ def _port_of(authority: str, url_scheme: str) -> int | None:
     default; memoised per (authority, scheme), as calls repeat a few of them. Bounded:
     cleared when full."""
     key = (authority, url_scheme)
-    port = _ports.get(key, _UNKNOWN)
-    if port is not _UNKNOWN:
-        return port  # type: ignore[no-any-return]
+    port = _ports.get(key, -1)  # -1: not known yet (a known port may be None)
+    if port != -1:
+        return port
     port = split_host_port(authority)[1]
     if port is None:
         port = _DEFAULT_PORTS.get(url_scheme.lower())
