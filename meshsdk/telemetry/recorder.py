@@ -456,9 +456,11 @@ class Telemetry:
         """A random (version 4) UUID, as Envoy generates for ``x-request-id``; from this
         object's random source rather than ``uuid.uuid4()``: an id needs uniqueness,
         not secrecy, and this is several times cheaper (``bytes.hex`` here is half the
-        cost of formatting the 128-bit int as hex)."""
-        h = (self._rng.getrandbits(128) & _UUID4_MASK | _UUID4_BITS).to_bytes(16).hex()
-        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+        cost of formatting the 128-bit int as hex). Its five groups are 4-2-2-2-6 bytes:
+        the middle three come out of one ``hex`` with a separator, a sixth cheaper than
+        slicing the 32 hex digits five times."""
+        b = (self._rng.getrandbits(128) & _UUID4_MASK | _UUID4_BITS).to_bytes(16)
+        return f"{b[:4].hex()}-{b[4:10].hex('-', 2)}-{b[10:].hex()}"
 
     # -- inbound -------------------------------------------------------------------
 

@@ -393,3 +393,21 @@ def test_update_moving_the_access_log_file_stops_the_old_one(tmp_path: Path) -> 
     assert new.read_text() == "/second\n"
     assert old.read_text() == "/first\n"
 
+
+
+def test_request_ids_are_random_uuid4_text() -> None:
+    """x-request-id as Envoy makes it: a version 4 UUID in its canonical text, each
+    written from the 128 bits drawn (the text is what uuid.UUID makes of them)."""
+    import random
+    import uuid
+
+    from meshsdk.telemetry import Telemetry
+    from meshsdk.workload import Workload
+
+    tel = Telemetry(Workload("a", "default", {"app": "a"}), rng=random.Random(7))
+    ids = [tel._new_request_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and UUID.match(text)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
