@@ -690,13 +690,6 @@ def _address_text(address: Address | None) -> str | None:
     return text
 
 
-def _grpc_status(headers: Iterable[tuple[str, str]]) -> int | None:
-    for name, value in headers:
-        if name == "grpc-status" and value.isdigit():
-            return int(value)
-    return None
-
-
 def _response_head(headers: Iterable[tuple[str, str]]) -> tuple[int | None, int]:
     """A response's ``grpc-status`` (the first numeric one; None without) and the bytes
     of its header block as ``istio_response_bytes`` counts them (pseudo-headers not
@@ -808,7 +801,7 @@ class OutboundCall:
         record.protocol = self.protocol
         record.request_protocol = "grpc" if self.grpc else "http"
         record.status = status
-        record.grpc_status = (_grpc_status(response_headers) if result and self.grpc
+        record.grpc_status = (_response_head(response_headers)[0] if result and self.grpc
                               else None)
         record.response_flags = flags
         record.bytes_received = self.request_bytes
